@@ -1,0 +1,133 @@
+//! The admin endpoint: health, readiness and flows over HTTP (default 127.0.0.1:15000, like
+//! Envoy's and ztunnel's admin ports).
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::{
+    flows::{FlowStats, FlowTable},
+    kernel::CounterValues,
+};
+
+/// What `/readyz` needs to know; updated by the agent as it starts and runs.
+#[derive(Default)]
+pub struct Readiness {
+    pub programs_attached: AtomicBool,
+    pub config_loaded: AtomicBool,
+    pub config_errors: Mutex<Vec<String>>,
+    pub kernel_counters: Mutex<CounterValues>,
+}
+
+impl Readiness {
+    fn is_ready(&self) -> bool {
+        self.programs_attached.load(Ordering::Acquire) && self.config_loaded.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub readiness: Arc<Readiness>,
+    pub flows: Arc<Mutex<FlowTable>>,
+}
+
+pub async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {addr}"))?;
+    tracing::info!(%addr, "admin endpoint listening");
+    axum::serve(listener, router(state)).await.context("admin endpoint")
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/flows", get(flows))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ReadyDetail {
+    ready: bool,
+    programs_attached: bool,
+    config_loaded: bool,
+    config_errors: Vec<String>,
+    kernel: CounterValues,
+    flows: FlowStats,
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let r = &state.readiness;
+    let detail = ReadyDetail {
+        ready: r.is_ready(),
+        programs_attached: r.programs_attached.load(Ordering::Acquire),
+        config_loaded: r.config_loaded.load(Ordering::Acquire),
+        config_errors: r.config_errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        kernel: r.kernel_counters.lock().map(|c| *c).unwrap_or_default(),
+        flows: state.flows.lock().map(|t| t.stats()).unwrap_or_default(),
+    };
+    let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(detail)).into_response()
+}
+
+#[derive(Deserialize)]
+struct FlowsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `/flows`: a JSON array of the table; with `?follow=true`, newline-delimited JSON: the table,
+/// then every record as it is stored or changes (an open flow appears again when it closes).
+async fn flows(State(state): State<AdminState>, Query(query): Query<FlowsQuery>) -> Response {
+    let Ok(table) = state.flows.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if !query.follow {
+        let snapshot = table.snapshot();
+        drop(table);
+        return Json(snapshot).into_response();
+    }
+    // Subscribe before the snapshot so nothing falls between them.
+    let updates = table.subscribe();
+    let snapshot = table.snapshot();
+    drop(table);
+    let head = futures_util::stream::iter(snapshot.into_iter().map(Ok));
+    let tail = BroadcastStream::new(updates).filter_map(|item| async move {
+        match item {
+            Ok(record) => Some(Ok(record)),
+            // A slow reader lost records: say so in-band rather than silently.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a /flows follower fell behind");
+                None
+            }
+        }
+    });
+    let lines = head.chain(tail).map(|item: Result<_, std::convert::Infallible>| {
+        item.map(|record| {
+            let mut line = serde_json::to_vec(&record).unwrap_or_default();
+            line.push(b'\n');
+            line
+        })
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,3 @@
+//! Commands that talk to a running agent.
+pub mod admin_client;
+pub mod flows;

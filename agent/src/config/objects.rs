@@ -1,0 +1,235 @@
+//! YAML documents → typed objects of the model, one document at a time.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_yaml_ng::Value;
+
+use super::ConfigError;
+use crate::model::{ObjectKey, Workload};
+
+pub const LOCKMESH_API: &str = "lockmesh.io/v1alpha1";
+
+/// Which object a document describes, known even when the rest of it is broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    pub kind: String,
+    pub key: ObjectKey,
+}
+
+impl ObjectId {
+    pub fn new(kind: &str, key: &ObjectKey) -> Self {
+        Self { kind: kind.to_string(), key: key.clone() }
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.key)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Object {
+    Workload(Workload),
+}
+
+/// An object and where it came from.
+#[derive(Clone, Debug)]
+pub struct ParsedObject {
+    pub id: ObjectId,
+    pub document: Option<usize>,
+    pub kind: Object,
+}
+
+/// Parses every document of a file. Each entry is an object, or the id of the object a broken
+/// document meant (when that much could be read).
+pub fn parse_file(
+    path: &Path,
+    text: &str,
+) -> (Vec<Result<ParsedObject, Option<ObjectId>>>, Vec<ConfigError>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let number = index + 1;
+        let value = match Value::deserialize(document) {
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(ConfigError::syntax(path, number, e.to_string()));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        match parse_document(path, number, value) {
+            Ok(Some(object)) => objects.push(Ok(object)),
+            Ok(None) => {}
+            Err(boxed) => {
+                let (id, error) = *boxed;
+                errors.push(error);
+                objects.push(Err(id));
+            }
+        }
+    }
+    (objects, errors)
+}
+
+type DocumentError = Box<(Option<ObjectId>, ConfigError)>;
+
+fn parse_document(path: &Path, number: usize, value: Value) -> Result<Option<ParsedObject>, DocumentError> {
+    let invalid = |id: Option<&ObjectId>, field: &str, message: String| {
+        Box::new((id.cloned(), ConfigError::invalid(path, number, id, Some(field.to_string()), message)))
+    };
+    let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Err(invalid(None, "kind", "missing or not a string".into()));
+    };
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id = object_id(&kind, &value);
+
+    match kind.as_str() {
+        "Workload" if api_version == LOCKMESH_API => {
+            let Some(id) = id else {
+                return Err(invalid(None, "metadata.name", "missing or not a string".into()));
+            };
+            let doc: WorkloadDoc = typed(path, number, &id, value)?;
+            let workload = doc.into_model().map_err(|(field, msg)| invalid(Some(&id), &field, msg))?;
+            Ok(Some(ParsedObject { id, document: Some(number), kind: Object::Workload(workload) }))
+        }
+        "Workload" => Err(invalid(
+            id.as_ref(),
+            "apiVersion",
+            format!("Workload needs apiVersion {LOCKMESH_API}, found {api_version:?}"),
+        )),
+        _ => {
+            tracing::debug!(file = %path.display(), document = number, %kind, %api_version, "skipping document of a kind lockmesh does not use");
+            Ok(None)
+        }
+    }
+}
+
+fn object_id(kind: &str, value: &Value) -> Option<ObjectId> {
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?;
+    let namespace = metadata.get("namespace").and_then(Value::as_str).unwrap_or(DEFAULT_NAMESPACE);
+    Some(ObjectId { kind: kind.to_string(), key: ObjectKey::new(namespace, name) })
+}
+
+/// Deserializes a document into `T`, naming the offending field on error.
+fn typed<T: DeserializeOwned>(
+    path: &Path,
+    number: usize,
+    id: &ObjectId,
+    value: Value,
+) -> Result<T, DocumentError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = (field != ".").then_some(field);
+        Box::new((
+            Some(id.clone()),
+            ConfigError::invalid(path, number, Some(id), field, e.into_inner().to_string()),
+        ))
+    })
+}
+
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `metadata` of any Kubernetes-shaped object; fields lockmesh does not use are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadDoc {
+    metadata: Metadata,
+    spec: WorkloadSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WorkloadSpec {
+    node: String,
+    #[serde(default)]
+    service_account: Option<String>,
+    addresses: Vec<Ipv4Addr>,
+    #[serde(default)]
+    netns: Option<PathBuf>,
+}
+
+type FieldError = (String, String);
+
+impl WorkloadDoc {
+    fn into_model(self) -> Result<Workload, FieldError> {
+        let namespace = self.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        check_dns_label("metadata.namespace", &namespace)?;
+        check_dns_subdomain("metadata.name", &self.metadata.name)?;
+        let service_account = self.spec.service_account.unwrap_or_else(|| "default".to_string());
+        check_dns_subdomain("spec.serviceAccount", &service_account)?;
+        if self.spec.node.is_empty() {
+            return Err(("spec.node".into(), "must not be empty".into()));
+        }
+        if self.spec.addresses.is_empty() {
+            return Err(("spec.addresses".into(), "needs at least one IPv4 address".into()));
+        }
+        if let Some((i, ip)) =
+            self.spec.addresses.iter().enumerate().find(|(_, ip)| {
+                ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()
+            })
+        {
+            return Err((format!("spec.addresses[{i}]"), format!("{ip} cannot be a workload address")));
+        }
+        if let Some(netns) = &self.spec.netns
+            && !netns.is_absolute()
+        {
+            return Err(("spec.netns".into(), format!("{} is not an absolute path", netns.display())));
+        }
+        Ok(Workload {
+            key: ObjectKey::new(namespace, self.metadata.name),
+            labels: self.metadata.labels,
+            node: self.spec.node,
+            service_account,
+            addresses: self.spec.addresses,
+            netns: self.spec.netns,
+        })
+    }
+}
+
+/// RFC 1123 label: what Kubernetes requires of namespace names.
+fn check_dns_label(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            field.into(),
+            format!("{value:?} is not a valid name (lowercase letters, digits and '-', at most 63)"),
+        ))
+    }
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of most object names.
+fn check_dns_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| check_dns_label(field, label).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err((field.into(), format!("{value:?} is not a valid name (lowercase letters, digits, '-' and '.')")))
+    }
+}

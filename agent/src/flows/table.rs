@@ -1,0 +1,199 @@
+//! The agent's bounded flow table: open flows plus the most recently closed ones.
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::record::FlowRecord;
+
+/// Limits of the flow table.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowLimits {
+    /// Open flows tracked at once; beyond it the oldest open flow is evicted.
+    pub max_open: usize,
+    /// Closed flows kept for `/flows`; beyond it the oldest closed flow is dropped.
+    pub max_closed: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self { max_open: 65_536, max_closed: 10_000 }
+    }
+}
+
+/// What the table had to forget or could not match, so that nothing is lost silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowStats {
+    pub open: usize,
+    pub closed: usize,
+    /// Open flows forgotten because the table was full.
+    pub evicted_open: u64,
+    /// Closed flows dropped from the recent list because it was full.
+    pub evicted_closed: u64,
+    /// Close events for connections the table never saw open (opened before the agent ran, or
+    /// evicted).
+    pub unmatched_closes: u64,
+}
+
+/// Open flows keyed by an id the reporter chooses (the kernel socket cookie), in arrival order.
+pub struct FlowTable {
+    limits: FlowLimits,
+    open: HashMap<u64, FlowRecord>,
+    open_order: VecDeque<u64>,
+    closed: VecDeque<FlowRecord>,
+    stats: FlowStats,
+    updates: broadcast::Sender<FlowRecord>,
+}
+
+impl FlowTable {
+    pub fn new(limits: FlowLimits) -> Self {
+        let (updates, _) = broadcast::channel(4096);
+        Self {
+            limits,
+            open: HashMap::new(),
+            open_order: VecDeque::new(),
+            closed: VecDeque::new(),
+            stats: FlowStats::default(),
+            updates,
+        }
+    }
+
+    /// Every record the table stores or changes, as it happens (for `--follow`).
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
+        self.updates.subscribe()
+    }
+
+    pub fn insert_open(&mut self, key: u64, record: FlowRecord) {
+        if self.open.len() >= self.limits.max_open {
+            self.evict_oldest_open();
+        }
+        let _ = self.updates.send(record.clone());
+        if self.open.insert(key, record).is_none() {
+            self.open_order.push_back(key);
+        }
+    }
+
+    /// Closes an open flow; returns `None` (and counts it) when the key is unknown.
+    pub fn close(&mut self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> Option<FlowRecord> {
+        let Some(mut record) = self.open.remove(&key) else {
+            self.stats.unmatched_closes += 1;
+            return None;
+        };
+        finish(&mut record);
+        self.push_closed(record.clone());
+        Some(record)
+    }
+
+    /// Records a flow that is already over when reported (a reset, a denial).
+    pub fn insert_closed(&mut self, record: FlowRecord) {
+        self.push_closed(record);
+    }
+
+    fn push_closed(&mut self, record: FlowRecord) {
+        let _ = self.updates.send(record.clone());
+        if self.closed.len() >= self.limits.max_closed {
+            self.closed.pop_front();
+            self.stats.evicted_closed += 1;
+        }
+        self.closed.push_back(record);
+        // Keep the order queue from growing with keys of flows already closed.
+        if self.open_order.len() > 2 * self.open.len() + 64 {
+            let open = &self.open;
+            self.open_order.retain(|k| open.contains_key(k));
+        }
+    }
+
+    fn evict_oldest_open(&mut self) {
+        while let Some(key) = self.open_order.pop_front() {
+            if self.open.remove(&key).is_some() {
+                self.stats.evicted_open += 1;
+                return;
+            }
+        }
+    }
+
+    /// Closed flows (oldest first), then open ones (oldest first).
+    pub fn snapshot(&self) -> Vec<FlowRecord> {
+        let mut out: Vec<FlowRecord> = self.closed.iter().cloned().collect();
+        out.extend(self.open_order.iter().filter_map(|k| self.open.get(k)).cloned());
+        out
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        FlowStats { open: self.open.len(), closed: self.closed.len(), ..self.stats }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::flows::record::{Encryption, Endpoint, Reporter, SCHEMA, Verdict};
+
+    fn endpoint(ip: [u8; 4], port: u16) -> Endpoint {
+        Endpoint {
+            ip: ip.into(),
+            port,
+            namespace: None,
+            workload: None,
+            service_account: None,
+            identity: None,
+            labels: Default::default(),
+        }
+    }
+
+    fn record(id: u64) -> FlowRecord {
+        FlowRecord {
+            schema: SCHEMA.into(),
+            id: id.to_string(),
+            start: OffsetDateTime::UNIX_EPOCH,
+            end: None,
+            node: "n".into(),
+            reporter: Reporter::Source,
+            src: endpoint([10, 0, 0, 1], 1),
+            dst: endpoint([10, 0, 0, 2], 2),
+            encryption: Encryption::Plaintext,
+            verdict: Verdict::Forwarded,
+            reason: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: None,
+        }
+    }
+
+    #[test]
+    fn open_then_close_moves_the_flow() {
+        let mut table = FlowTable::new(FlowLimits::default());
+        let mut updates = table.subscribe();
+        table.insert_open(7, record(7));
+        assert!(table.snapshot()[0].is_open());
+        let closed = table
+            .close(7, |r| r.close(OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(2), 10, 20))
+            .unwrap();
+        assert_eq!((closed.bytes_sent, closed.bytes_received, closed.duration_ms), (10, 20, Some(2000)));
+        let snapshot = table.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert!(!snapshot[0].is_open());
+        assert!(updates.try_recv().unwrap().is_open());
+        assert!(!updates.try_recv().unwrap().is_open());
+    }
+
+    #[test]
+    fn limits_evict_and_count() {
+        let mut table = FlowTable::new(FlowLimits { max_open: 2, max_closed: 2 });
+        for k in 0..3 {
+            table.insert_open(k, record(k));
+        }
+        assert_eq!(table.stats().evicted_open, 1);
+        assert!(table.close(0, |_| {}).is_none(), "the oldest was evicted");
+        for k in [1, 2] {
+            assert!(table.close(k, |_| {}).is_some());
+        }
+        table.insert_closed(record(9));
+        let stats = table.stats();
+        assert_eq!((stats.open, stats.closed, stats.evicted_closed, stats.unmatched_closes), (0, 2, 1, 1));
+        let ids: Vec<_> = table.snapshot().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["2", "9"]);
+    }
+}

@@ -1,0 +1,185 @@
+//! The kernel side of the agent: loads the embedded eBPF object, attaches its programs, pins its
+//! maps under a per-node bpffs directory and exposes typed handles to them. A thin loader:
+//! all decisions are made elsewhere and arrive here as map contents.
+mod events;
+mod maps;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, SockOps, links::FdLink},
+};
+pub use events::{EventReader, KernelEvent};
+use lockmesh_common::{maps as map_names, programs as prog_names};
+pub use maps::{CounterValues, Counters, EnrolledMap};
+
+/// The eBPF object built from ebpf/lockmesh-ebpf by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockmesh"));
+
+/// Where and how to load the datapath.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// cgroup v2 directory whose processes (and descendants) are observed and steered.
+    pub cgroup: PathBuf,
+    /// bpffs directory for this node's pinned maps.
+    pub pin_dir: PathBuf,
+    /// Size of the kernel→agent event ring buffer, in bytes (a power of two, ≥ 4096).
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the enrolled-pods map.
+    pub max_enrolled: u32,
+}
+
+/// The loaded and attached programs and their maps. Dropping it detaches the programs; the
+/// pinned maps stay until [`Datapath::remove_pins`].
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    links: Vec<FdLink>,
+}
+
+impl Datapath {
+    pub fn load(options: &DatapathOptions) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this lockmesh binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
+        }
+        if !options.ring_buffer_bytes.is_power_of_two() || options.ring_buffer_bytes < 4096 {
+            bail!(
+                "--ring-buffer-bytes must be a power of two of at least 4096, got {}",
+                options.ring_buffer_bytes
+            );
+        }
+        ensure_bpffs(&options.pin_dir)?;
+        std::fs::create_dir_all(&options.pin_dir)
+            .with_context(|| format!("creating the pin directory {}", options.pin_dir.display()))?;
+        raise_memlock_limit();
+
+        let pins: Vec<(&str, PathBuf)> =
+            map_names::ALL.iter().map(|name| (*name, options.pin_dir.join(name))).collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_names::ENROLLED, options.max_enrolled)
+            .map_max_entries(map_names::FLOW_EVENTS, options.ring_buffer_bytes);
+        // Pinned maps outlive this process: a restarted agent adopts them (and the events the
+        // kernel queued meanwhile) instead of starting blind.
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object into the kernel")?;
+
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_kernel_logger(logger),
+            Err(e) => tracing::debug!(error = %e, "no eBPF log records in this object"),
+        }
+
+        let cgroup = File::open(&options.cgroup)
+            .with_context(|| format!("opening cgroup {}", options.cgroup.display()))?;
+        let mut links = Vec::new();
+        let sock_ops: &mut SockOps = ebpf
+            .program_mut(prog_names::SOCK_OPS)
+            .context("program lockmesh_sockops missing from the object")?
+            .try_into()?;
+        sock_ops.load().context("verifying lockmesh_sockops")?;
+        // `Single` still creates a bpf_link, which the kernel stacks with other links on the
+        // cgroup; `AllowMultiple` is rejected by aya 0.14 (see kernel-notes).
+        let id = sock_ops
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching lockmesh_sockops to {}", options.cgroup.display()))?;
+        links.push(FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?);
+
+        tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
+        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links })
+    }
+
+    pub fn enrolled_map(&mut self) -> anyhow::Result<EnrolledMap> {
+        EnrolledMap::take(&mut self.ebpf)
+    }
+
+    pub fn counters(&mut self) -> anyhow::Result<Counters> {
+        Counters::take(&mut self.ebpf)
+    }
+
+    pub fn event_reader(&mut self) -> anyhow::Result<EventReader> {
+        EventReader::take(&mut self.ebpf)
+    }
+
+    /// Detaches the programs and removes this node's pins: nothing of the agent stays in the
+    /// kernel.
+    pub fn detach_and_unpin(self) -> anyhow::Result<()> {
+        let Self { ebpf, pin_dir, links } = self;
+        drop(links);
+        drop(ebpf);
+        remove_pins(&pin_dir)
+    }
+}
+
+/// Removes a node's pin directory (used by `--cleanup` and on clean shutdown).
+pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => {
+            tracing::info!(pins = %pin_dir.display(), "removed pinned maps");
+            // Remove the parent `lockmesh` dir too when this was its last node.
+            if let Some(parent) = pin_dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", pin_dir.display())),
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted yet.
+fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).ok();
+    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    tracing::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels ≥ 5.11)");
+    }
+}
+
+fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd and moves into the AsyncFd.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot poll eBPF log records");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

@@ -1,0 +1,14 @@
+//! lockmesh: a sidecar-less mTLS data plane. The node agent (`agent`), its sources of truth
+//! (`config`, `model`), what it derives (`inventory`, `enrolment`), the kernel side (`kernel`),
+//! and what it reports (`flows`, `admin`).
+pub mod admin;
+pub mod agent;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod enrolment;
+pub mod flows;
+pub mod inventory;
+pub mod kernel;
+pub mod model;
+pub mod netns;

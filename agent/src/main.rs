@@ -1,0 +1,101 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use lockmesh::{
+    agent::{self, AgentOptions},
+    cli::{AgentArgs, Cli, Command, LogFormat},
+    cmd,
+    flows::FlowLimits,
+    kernel::{self, DatapathOptions},
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Broken pipes (`lockmesh flows | head`) are not errors.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return std::process::ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Agent(args) => run_agent(args).await,
+        Command::Flows(args) => cmd::flows::run(args).await,
+    }
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let pin_dir =
+        args.bpffs_dir.clone().unwrap_or_else(|| Path::new("/sys/fs/bpf/lockmesh").join(&args.node));
+    if args.cleanup {
+        return kernel::remove_pins(&pin_dir);
+    }
+    let Some(config_dir) = args.config else { bail!("--config DIR is required") };
+    if !config_dir.is_dir() {
+        bail!("--config {}: not a directory", config_dir.display());
+    }
+    let cgroup = match args.cgroup {
+        Some(path) => path,
+        None => cgroup2_root()?,
+    };
+    agent::run(AgentOptions {
+        node: args.node,
+        config_dir,
+        admin: args.admin,
+        trust_domain: args.trust_domain,
+        datapath: DatapathOptions {
+            cgroup,
+            pin_dir,
+            ring_buffer_bytes: args.ring_buffer_bytes,
+            max_enrolled: args.max_enrolled,
+        },
+        flow_limits: FlowLimits { max_open: args.max_open_flows, max_closed: args.max_closed_flows },
+    })
+    .await
+}
+
+/// The cgroup v2 root: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let is_v2 =
+            nix::sys::statfs::statfs(candidate).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
+        if is_v2 {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err(anyhow::anyhow!("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified; pass --cgroup"))
+        .context("finding the cgroup v2 root")
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: bad --log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

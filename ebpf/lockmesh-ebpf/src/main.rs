@@ -1,0 +1,16 @@
+//! lockmesh's kernel programs. One object, loaded by the agent (see agent/src/kernel).
+#![no_std]
+#![no_main]
+
+mod maps;
+mod observer;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

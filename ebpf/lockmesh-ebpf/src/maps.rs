@@ -1,0 +1,40 @@
+//! Maps shared by the programs. Sizes here are defaults; the agent resizes the ring buffer and
+//! the tables at load time from its flags.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use lockmesh_common::{EnrolledPod, counter};
+
+/// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
+#[map(name = "ENROLLED")]
+pub static ENROLLED: HashMap<u64, EnrolledPod> = HashMap::with_max_entries(4096, 0);
+
+/// Connection open/close events for the agent.
+#[map(name = "FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// `rcv_nxt` of sockets when they entered FIN_WAIT2, by socket cookie: tells at close whether
+/// the peer's FIN arrived afterwards (the kernel counts it in `bytes_received`).
+#[map(name = "FIN_WAIT2_RCV_NXT")]
+pub static FIN_WAIT2_RCV_NXT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU counters, indexed by `lockmesh_common::counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not sleep or migrate while running.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Looks up an enrolled pod by network-namespace cookie.
+#[inline(always)]
+pub fn enrolled(netns_cookie: u64) -> Option<EnrolledPod> {
+    // SAFETY: the value is plain data copied out at once; a concurrent update can only make
+    // us see an older or newer pod record, never an invalid one.
+    unsafe { ENROLLED.get(&netns_cookie).copied() }
+}
