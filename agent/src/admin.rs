@@ -23,7 +23,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
     flows::{FlowStats, FlowTable},
-    kernel::CounterValues,
+    kernel::{CounterValues, ProgramRef},
 };
 
 /// What `/readyz` needs to know; updated by the agent as it starts and runs.
@@ -33,6 +33,7 @@ pub struct Readiness {
     pub config_loaded: AtomicBool,
     pub config_errors: Mutex<Vec<String>>,
     pub kernel_counters: Mutex<CounterValues>,
+    pub programs: Mutex<Vec<ProgramRef>>,
 }
 
 impl Readiness {
@@ -70,6 +71,7 @@ struct ReadyDetail {
     config_loaded: bool,
     config_errors: Vec<String>,
     kernel: CounterValues,
+    programs: Vec<ProgramRef>,
     flows: FlowStats,
 }
 
@@ -81,6 +83,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         config_loaded: r.config_loaded.load(Ordering::Acquire),
         config_errors: r.config_errors.lock().map(|e| e.clone()).unwrap_or_default(),
         kernel: r.kernel_counters.lock().map(|c| *c).unwrap_or_default(),
+        programs: r.programs.lock().map(|p| p.clone()).unwrap_or_default(),
         flows: state.flows.lock().map(|t| t.stats()).unwrap_or_default(),
     };
     let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

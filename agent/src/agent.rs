@@ -47,6 +47,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut enrolled_map = datapath.enrolled_map()?;
     let counters = datapath.counters()?;
     let mut events = datapath.event_reader()?;
+    if let Ok(mut programs) = readiness.programs.lock() {
+        *programs = datapath.programs().to_vec();
+    }
     readiness.programs_attached.store(true, Ordering::Release);
 
     let kernel_flows = KernelFlows::new(inventory.clone(), table.clone());

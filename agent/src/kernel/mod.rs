@@ -40,6 +40,14 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     links: Vec<FdLink>,
+    programs: Vec<ProgramRef>,
+}
+
+/// A program the agent loaded, as the kernel knows it (for `/readyz` and support).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramRef {
+    pub name: String,
+    pub id: u32,
 }
 
 impl Datapath {
@@ -90,9 +98,14 @@ impl Datapath {
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching lockmesh_sockops to {}", options.cgroup.display()))?;
         links.push(FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?);
+        let programs = vec![ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: sock_ops.info()?.id() }];
 
         tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
-        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links })
+        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links, programs })
+    }
+
+    pub fn programs(&self) -> &[ProgramRef] {
+        &self.programs
     }
 
     pub fn enrolled_map(&mut self) -> anyhow::Result<EnrolledMap> {
@@ -110,7 +123,7 @@ impl Datapath {
     /// Detaches the programs and removes this node's pins: nothing of the agent stays in the
     /// kernel.
     pub fn detach_and_unpin(self) -> anyhow::Result<()> {
-        let Self { ebpf, pin_dir, links } = self;
+        let Self { ebpf, pin_dir, links, .. } = self;
         drop(links);
         drop(ebpf);
         remove_pins(&pin_dir)

@@ -1,0 +1,159 @@
+//! A real lockmesh agent for a testbed node, run inside the node's namespace.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{http, netns, process::ChildGuard, testbed::Testbed};
+
+pub struct Agent {
+    pub node: String,
+    netns: PathBuf,
+    pub admin: SocketAddr,
+    pub pin_dir: PathBuf,
+    binary: PathBuf,
+    process: ChildGuard,
+}
+
+impl Agent {
+    /// Starts the agent of `node` on `config_dir` and waits until `/readyz` says ready.
+    pub fn start(
+        testbed: &Testbed,
+        node: &str,
+        config_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let binary = crate::workspace_binary("lockmesh")?;
+        Self::start_binary(testbed, node, config_dir, extra_args, &binary)
+    }
+
+    /// Like [`Agent::start`], with a given lockmesh binary (upgrade tests).
+    pub fn start_binary(
+        testbed: &Testbed,
+        node: &str,
+        config_dir: &Path,
+        extra_args: &[&str],
+        binary: &Path,
+    ) -> anyhow::Result<Self> {
+        let netns_path = testbed.node(node).netns_path();
+        // Unique per testbed: two tests' "node1" must not share kernel pins.
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lockmesh/{}-{node}", testbed.id));
+        let admin: SocketAddr = "127.0.0.1:15000".parse()?;
+        let mut command = netns::command_in(&netns_path, binary)?;
+        command
+            .args(["agent", "--node", node, "--config"])
+            .arg(config_dir)
+            .arg("--bpffs-dir")
+            .arg(&pin_dir)
+            .args(["--admin", &admin.to_string()])
+            .args(extra_args)
+            .env(
+                "LOCKMESH_LOG",
+                std::env::var("LOCKMESH_LOG").unwrap_or_else(|_| "info,lockmesh=debug".into()),
+            )
+            .env("NO_COLOR", "1");
+        let log = testbed.work_dir.join(format!("agent-{node}.log"));
+        let process = ChildGuard::spawn(&format!("agent {node}"), command, log)?;
+        let mut agent = Self {
+            node: node.to_string(),
+            netns: netns_path,
+            admin,
+            pin_dir,
+            binary: binary.to_path_buf(),
+            process,
+        };
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.process.is_running() {
+                bail!("agent {} exited during startup:\n{}", self.node, self.log());
+            }
+            if let Ok(r) = http::get_in(&self.netns, self.admin, "/readyz")
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent {} not ready after {timeout:?}:\n{}", self.node, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn process(&mut self) -> &mut ChildGuard {
+        &mut self.process
+    }
+
+    /// GET on the admin endpoint.
+    pub fn get(&self, path: &str) -> anyhow::Result<http::Response> {
+        http::get_in(&self.netns, self.admin, path)
+    }
+
+    /// The flow table as JSON objects.
+    pub fn flows(&self) -> anyhow::Result<Vec<Value>> {
+        let response = self.get("/flows")?;
+        if response.status != 200 {
+            bail!("/flows: {} {}", response.status, response.text());
+        }
+        response.json()
+    }
+
+    /// Polls `/flows` until `done` holds for the list, or fails with what was seen.
+    pub fn wait_for_flows(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let flows = self.flows()?;
+            if done(&flows) {
+                return Ok(flows);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {}: flows did not reach the expected state within {timeout:?}; saw:\n{}\nagent log:\n{}",
+                    self.node,
+                    flows.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `lockmesh <args>` inside the node's namespace (the CLI as a user would).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let binary = self.binary.to_string_lossy().into_owned();
+        netns::run_cmd(&self.netns, &binary, args).context("lockmesh CLI")
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> anyhow::Result<Option<i32>> {
+        self.process.signal(nix::sys::signal::Signal::SIGTERM)?;
+        self.process.wait_timeout(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.process.stop();
+        // Whatever happened, leave nothing of this agent in the kernel.
+        let _ = std::process::Command::new(&self.binary)
+            .args(["agent", "--node", &self.node, "--cleanup", "--bpffs-dir"])
+            .arg(&self.pin_dir)
+            .output();
+    }
+}

@@ -1,0 +1,50 @@
+//! Shared by the end-to-end tests.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{net::SocketAddr, time::Duration};
+
+use lockmesh_tests::{NodeSpec, PodSpec, Testbed, TestbedSpec};
+use serde_json::Value;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Two nodes, bookinfo-like: productpage + an out-of-mesh pod on node1, details + ratings on node2.
+pub fn bookinfo() -> Testbed {
+    Testbed::up(&TestbedSpec {
+        nodes: vec![
+            NodeSpec::new(
+                "node1",
+                vec![
+                    PodSpec::new("productpage", "bookinfo"),
+                    PodSpec::new("outsider", "default").out_of_mesh(),
+                ],
+            ),
+            NodeSpec::new(
+                "node2",
+                vec![PodSpec::new("details", "bookinfo"), PodSpec::new("ratings", "bookinfo")],
+            ),
+        ],
+    })
+    .expect("testbed up (needs root, iproute2)")
+}
+
+pub fn addr(testbed: &Testbed, pod: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(testbed.pod(pod).ip.into(), port)
+}
+
+/// Flows from `src` ip to `dst` ip:port as seen by `reporter`.
+pub fn find<'a>(flows: &'a [Value], reporter: &str, src: &str, dst: &str, dst_port: u16) -> Vec<&'a Value> {
+    flows
+        .iter()
+        .filter(|f| {
+            f["reporter"] == reporter
+                && f["src"]["ip"] == src
+                && f["dst"]["ip"] == dst
+                && f["dst"]["port"] == dst_port
+        })
+        .collect()
+}
+
+pub fn closed(flows: &[Value], reporter: &str, src: &str, dst: &str, dst_port: u16) -> usize {
+    find(flows, reporter, src, dst, dst_port).iter().filter(|f| !f["end"].is_null()).count()
+}
