@@ -38,7 +38,10 @@ impl App {
 
 impl Testbed {
     fn app_binary(&self) -> anyhow::Result<PathBuf> {
-        crate::workspace_binary("lockmesh-testapp")
+        match &self.app_binary {
+            Some(path) => Ok(path.clone()),
+            None => crate::workspace_binary("lockmesh-testapp"),
+        }
     }
 
     fn start_app(&self, pod: &str, args: &[String], label: &str) -> anyhow::Result<App> {

@@ -128,6 +128,9 @@ pub struct Testbed {
     pub work_dir: PathBuf,
     #[serde(skip)]
     persisted: bool,
+    /// The test app binary to run in pods (default: found in target/).
+    #[serde(skip)]
+    pub app_binary: Option<PathBuf>,
 }
 
 impl Testbed {
@@ -144,6 +147,7 @@ impl Testbed {
             nodes: Vec::new(),
             work_dir,
             persisted: false,
+            app_binary: None,
         };
         // Fill in the plan first so that Drop knows every name even if building fails midway.
         for (k, node) in spec.nodes.iter().enumerate() {
@@ -353,25 +357,49 @@ fn workload_document(pod: &Pod) -> String {
     )
 }
 
-/// Removes namespaces by name, killing their processes first; returns what went wrong.
+/// Removes namespaces by name, stopping their processes first (SIGTERM, then SIGKILL), and the
+/// bpffs pins of agents of this testbed; returns what went wrong.
 pub fn teardown(names: &[String]) -> Vec<String> {
+    let pids: Vec<nix::unistd::Pid> = names
+        .iter()
+        .filter(|name| path_of(name).exists())
+        .filter_map(|name| std::process::Command::new("ip").args(["netns", "pids", name]).output().ok())
+        .flat_map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .map(nix::unistd::Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    use nix::sys::signal::{Signal, kill};
+    for pid in &pids {
+        let _ = kill(*pid, Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pids.iter().any(|p| kill(*p, None).is_ok()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for pid in &pids {
+        let _ = kill(*pid, Signal::SIGKILL);
+    }
     let mut errors = Vec::new();
     for name in names {
-        if !path_of(name).exists() {
-            continue;
-        }
-        if let Ok(out) = std::process::Command::new("ip").args(["netns", "pids", name]).output() {
-            for pid in
-                String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        if let Err(e) = ip(&["netns", "del", name]) {
+        if path_of(name).exists()
+            && let Err(e) = ip(&["netns", "del", name])
+        {
             errors.push(format!("{e:#}"));
+        }
+    }
+    // Pins of agents that were killed instead of stopped (`<bpffs>/lockmesh/<id>-<node>`).
+    let ids: std::collections::BTreeSet<&str> =
+        names.iter().filter_map(|n| n.strip_prefix(NAME_PREFIX)).filter_map(|r| r.split_once('-')).map(|(id, _)| id).collect();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/lockmesh") {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ids.iter().any(|id| name.starts_with(&format!("{id}-"))) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
     errors

@@ -1,0 +1,134 @@
+//! `cargo xtask setup`: installs every prerequisite, idempotently, from the package registries.
+use std::{path::Path, process::Command};
+
+use anyhow::bail;
+
+use crate::{sh, step};
+
+/// Debian packages: LLVM 22 for bpf-linker; tools the tests and the bench drive.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "tcpdump",
+    "curl",
+    "ethtool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    crate::require_root("setup (apt, mounting bpffs)")?;
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    eprintln!("setup complete");
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        step::note("Debian packages: all present");
+        return Ok(());
+    }
+    step::run(&format!("installing Debian packages: {}", missing.join(" ")), || {
+        sh(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    })
+}
+
+fn has_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    if has_rust_src() {
+        step::note("nightly rust-src: present");
+        return Ok(());
+    }
+    step::run("adding rust-src to the nightly toolchain", || {
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    })
+}
+
+fn bpf_linker_version() -> Option<String> {
+    let output = Command::new("bpf-linker").arg("--version").output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(version) = bpf_linker_version()
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        step::note(&format!("bpf-linker: {version}"));
+        return Ok(());
+    }
+    step::run(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"), || {
+        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        sh(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args(["--features", "llvm-22", "--force"])
+            .env("PATH", path))
+    })
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if is_bpffs(root) {
+        step::note("bpffs: mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    step::run("mounting bpffs at /sys/fs/bpf", || {
+        std::fs::create_dir_all(root).ok();
+        sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// What `cargo build` of the agent needs; a clear message instead of a deep build failure.
+pub fn check_build_prerequisites() -> anyhow::Result<()> {
+    if std::env::var("AYA_BUILD_SKIP").is_ok() {
+        return Ok(());
+    }
+    if bpf_linker_version().is_none() {
+        bail!("bpf-linker is missing: run `cargo xtask setup` first");
+    }
+    if !has_rust_src() {
+        bail!("the nightly toolchain lacks rust-src: run `cargo xtask setup` first");
+    }
+    Ok(())
+}
+
+/// Tools the end-to-end tests drive.
+pub fn check_test_prerequisites() -> anyhow::Result<()> {
+    for tool in ["ip", "tcpdump", "curl"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+        if !found {
+            bail!("{tool} is missing: run `cargo xtask setup` first");
+        }
+    }
+    if !is_bpffs(Path::new("/sys/fs/bpf")) {
+        bail!("bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` first");
+    }
+    Ok(())
+}
