@@ -392,8 +392,12 @@ pub fn teardown(names: &[String]) -> Vec<String> {
         }
     }
     // Pins of agents that were killed instead of stopped (`<bpffs>/lockmesh/<id>-<node>`).
-    let ids: std::collections::BTreeSet<&str> =
-        names.iter().filter_map(|n| n.strip_prefix(NAME_PREFIX)).filter_map(|r| r.split_once('-')).map(|(id, _)| id).collect();
+    let ids: std::collections::BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(NAME_PREFIX))
+        .filter_map(|r| r.split_once('-'))
+        .map(|(id, _)| id)
+        .collect();
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/lockmesh") {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -10,7 +10,8 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     crate::setup::run()?;
     let binaries = crate::build(true)?;
 
-    let mut tb = step::run("bringing up two nodes of bookinfo-like pods", || Testbed::up(&testbed::bookinfo()))?;
+    let mut tb =
+        step::run("bringing up two nodes of bookinfo-like pods", || Testbed::up(&testbed::bookinfo()))?;
     tb.app_binary = Some(binaries.testapp.clone());
     testbed::print_testbed(&tb);
     let config = tb.config_dir("config")?;
@@ -23,7 +24,11 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     })?;
 
     let servers = step::run("starting the apps (details, reviews, ratings on :9080)", || {
-        Ok::<_, anyhow::Error>(vec![tb.serve("details", 9080)?, tb.serve("reviews", 9080)?, tb.serve("ratings", 9080)?])
+        Ok::<_, anyhow::Error>(vec![
+            tb.serve("details", 9080)?,
+            tb.serve("reviews", 9080)?,
+            tb.serve("ratings", 9080)?,
+        ])
     })?;
 
     step::run("making traffic", || {
@@ -35,7 +40,10 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
             ("outsider", "details", "/"),
         ] {
             let result = tb.get(from, to(pod), path)?;
-            step::note(&format!("{from} → {pod} {path}: HTTP {} ({} bytes)", result["status"], result["bytes"]));
+            step::note(&format!(
+                "{from} → {pod} {path}: HTTP {} ({} bytes)",
+                result["status"], result["bytes"]
+            ));
         }
         Ok(())
     })?;
@@ -50,7 +58,11 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     if keep {
         let state = tb.persist()?;
-        println!("\nKept running: testbed {} ({}); agents' admin endpoints at 127.0.0.1:15000 inside each node netns.", tb.id, state.display());
+        println!(
+            "\nKept running: testbed {} ({}); agents' admin endpoints at 127.0.0.1:15000 inside each node netns.",
+            tb.id,
+            state.display()
+        );
         println!("Stop everything with: cargo xtask testbed down {}", tb.id);
         std::mem::forget(servers);
         std::mem::forget(agents);

@@ -13,7 +13,11 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "lockmesh developer tasks", after_help = "Start here: `sudo cargo xtask demo`")]
+#[command(
+    name = "cargo xtask",
+    about = "lockmesh developer tasks",
+    after_help = "Start here: `sudo cargo xtask demo`"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -72,7 +76,10 @@ fn main() {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Runs a command to success, with its output going to our terminal.
@@ -102,8 +109,12 @@ pub fn build(release: bool) -> anyhow::Result<Binaries> {
         }
         sh(&mut cargo)
     })?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(Binaries { lockmesh: target.join(profile).join("lockmesh"), testapp: target.join(profile).join("lockmesh-testapp") })
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(Binaries {
+        lockmesh: target.join(profile).join("lockmesh"),
+        testapp: target.join(profile).join("lockmesh-testapp"),
+    })
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {

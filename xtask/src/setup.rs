@@ -122,7 +122,10 @@ pub fn check_build_prerequisites() -> anyhow::Result<()> {
 /// Tools the end-to-end tests drive.
 pub fn check_test_prerequisites() -> anyhow::Result<()> {
     for tool in ["ip", "tcpdump", "curl"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
         if !found {
             bail!("{tool} is missing: run `cargo xtask setup` first");
         }

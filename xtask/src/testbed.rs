@@ -31,10 +31,20 @@ pub enum Action {
 pub fn bookinfo() -> TestbedSpec {
     TestbedSpec {
         nodes: vec![
-            NodeSpec::new("node1", vec![PodSpec::new("productpage", "bookinfo"), PodSpec::new("outsider", "default").out_of_mesh()]),
+            NodeSpec::new(
+                "node1",
+                vec![
+                    PodSpec::new("productpage", "bookinfo"),
+                    PodSpec::new("outsider", "default").out_of_mesh(),
+                ],
+            ),
             NodeSpec::new(
                 "node2",
-                vec![PodSpec::new("details", "bookinfo"), PodSpec::new("reviews", "bookinfo"), PodSpec::new("ratings", "bookinfo")],
+                vec![
+                    PodSpec::new("details", "bookinfo"),
+                    PodSpec::new("reviews", "bookinfo"),
+                    PodSpec::new("ratings", "bookinfo"),
+                ],
             ),
         ],
     }
@@ -107,7 +117,9 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             let ids = match (id, all) {
                 (Some(id), _) => vec![id],
                 (None, true) => Testbed::persisted_ids(),
-                (None, false) => anyhow::bail!("say which testbed (see `cargo xtask testbed status`) or --all"),
+                (None, false) => {
+                    anyhow::bail!("say which testbed (see `cargo xtask testbed status`) or --all")
+                }
             };
             for id in ids {
                 step::run(&format!("removing testbed {id}"), || Testbed::load(&id)?.down())?;
