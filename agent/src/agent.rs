@@ -14,7 +14,7 @@ use crate::{
     admin::{self, AdminState, Readiness},
     config::{ConfigDir, watch::DirWatch},
     enrolment::Enrolment,
-    flows::{FlowLimits, FlowTable, KernelFlows},
+    flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
     inventory::Inventory,
     kernel::{Datapath, DatapathOptions, EnrolledMap},
     model::ClusterState,
@@ -52,7 +52,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     readiness.programs_attached.store(true, Ordering::Release);
 
-    let kernel_flows = KernelFlows::new(inventory.clone(), table.clone());
+    let sink = FlowSink::new(table.clone(), inventory.clone());
+    let kernel_flows = KernelFlows::new(sink.clone());
     let mut event_task = tokio::spawn(async move {
         loop {
             events.next_batch(|event| kernel_flows.handle(event)).await?;

@@ -105,7 +105,7 @@ impl Enrolment {
             .values()
             .map(|p| {
                 let ip4 = p.workload.primary_address().map(|ip| u32::from(ip).to_be()).unwrap_or(0);
-                (p.netns.cookie(), EnrolledPod { ip4, flags: 0 })
+                (p.netns.cookie(), EnrolledPod { ip4, class: 0 })
             })
             .collect()
     }

@@ -12,3 +12,5 @@ pub mod inventory;
 pub mod kernel;
 pub mod model;
 pub mod netns;
+pub mod podnet;
+pub mod sockets;

@@ -2,8 +2,10 @@
 //! the conversion of kernel events into records.
 mod kernel;
 pub mod record;
+mod sink;
 mod table;
 
 pub use kernel::KernelFlows;
-pub use record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict};
+pub use record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, TlsInfo, Verdict};
+pub use sink::{FlowSink, ipv4};
 pub use table::{FlowLimits, FlowStats, FlowTable};

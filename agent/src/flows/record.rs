@@ -30,6 +30,8 @@ pub struct FlowRecord {
     pub verdict: Verdict,
     /// Why the verdict, when it is not a plain `forwarded`.
     pub reason: Option<String>,
+    /// The mutual TLS session that carried the flow (`null` for plaintext).
+    pub tls: Option<TlsInfo>,
     /// Bytes from client to server.
     pub bytes_sent: u64,
     /// Bytes from server to client.
@@ -51,6 +53,20 @@ pub struct Endpoint {
     pub identity: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// What the TLS handshake established.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// Serial number (hex) of the peer's certificate.
+    pub peer_serial: Option<String>,
+    /// Expiry of the peer's certificate.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub peer_not_after: Option<OffsetDateTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -156,6 +156,7 @@ mod tests {
             encryption: Encryption::Plaintext,
             verdict: Verdict::Forwarded,
             reason: None,
+            tls: None,
             bytes_sent: 0,
             bytes_received: 0,
             duration_ms: None,

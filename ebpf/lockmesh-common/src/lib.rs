@@ -12,13 +12,35 @@ pub mod maps {
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FIN_WAIT2_RCV_NXT: &str = "FIN_WAIT2_RCV_NXT";
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const ORIG_DST: &str = "ORIG_DST";
+    pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
     /// Every map, all pinned per node by the agent.
-    pub const ALL: &[&str] = &[ENROLLED, FLOW_EVENTS, COUNTERS, FIN_WAIT2_RCV_NXT];
+    pub const ALL: &[&str] =
+        &[ENROLLED, FLOW_EVENTS, COUNTERS, FIN_WAIT2_RCV_NXT, CAPTURE, ORIG_DST, ORIG_DST_BY_PORT];
+}
+
+/// The tunnel engine's well-known ports and socket marks (the same as Istio ambient's ztunnel).
+pub mod engine {
+    /// Captured outbound connections arrive here, on 127.0.0.1 inside the pod.
+    pub const OUTBOUND_PORT: u16 = 15001;
+    /// HBONE (HTTP/2 CONNECT over mTLS) from other engines arrives here, on the pod's address.
+    pub const HBONE_PORT: u16 = 15008;
+    /// Mark of the engine's own outbound sockets; the capture hook lets them through.
+    pub const MARK_OUTBOUND: u32 = 0x539;
+    /// Mark of the engine's transparent inbound legs (engine → app inside the pod); routed back
+    /// to the engine by a policy rule in the pod.
+    pub const MARK_INBOUND: u32 = 0x111;
+    /// Routing table of that policy rule.
+    pub const INBOUND_ROUTE_TABLE: u32 = 133;
 }
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
     pub const SOCK_OPS: &str = "lockmesh_sockops";
+    pub const CONNECT4: &str = "lockmesh_connect4";
+    pub const GETPEERNAME4: &str = "lockmesh_getpeername4";
+    pub const GETSOCKNAME4: &str = "lockmesh_getsockname4";
 }
 
 /// Value of the `ENROLLED` map, keyed by the network-namespace cookie of an enrolled pod.
@@ -27,8 +49,49 @@ pub mod programs {
 pub struct EnrolledPod {
     /// The pod's IPv4 address, network byte order.
     pub ip4: u32,
-    /// Reserved for flags; zero today.
-    pub flags: u32,
+    /// The pod's outbound policy class (its Kubernetes namespace, numbered by the agent):
+    /// `CAPTURE` decisions are per class because DestinationRules are looked up per client
+    /// namespace.
+    pub class: u32,
+}
+
+/// Key of the `CAPTURE` map: may a pod of `class` connecting to `ip4:port` be steered into the
+/// engine? `port` 0 matches any port of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CaptureKey {
+    pub class: u32,
+    /// Destination, network byte order.
+    pub ip4: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of the `CAPTURE` map.
+pub mod capture {
+    /// Steer into the engine (which tunnels it over mTLS).
+    pub const TUNNEL: u32 = 1;
+}
+
+/// A captured connection's original destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Network byte order.
+    pub ip4: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `ORIG_DST_BY_PORT`: the engine finds a captured connection's original destination by
+/// the pod's namespace and the app socket's local port (what `accept()` shows as the peer port).
+/// The namespace is part of the key because every pod uses 127.0.0.1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Kinds of [`FlowEvent`].
@@ -78,8 +141,10 @@ pub mod counter {
     pub const FLOWS_OPENED: u32 = 1;
     /// Connections of enrolled pods the observer saw close.
     pub const FLOWS_CLOSED: u32 = 2;
+    /// Connections steered into the engine.
+    pub const CAPTURED: u32 = 3;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
@@ -98,4 +163,10 @@ mod user {
     unsafe impl aya::Pod for super::EnrolledPod {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CaptureKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
 }

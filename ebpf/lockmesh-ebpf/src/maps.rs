@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lockmesh_common::{EnrolledPod, counter};
+use lockmesh_common::{CaptureKey, EnrolledPod, OrigDst, PortKey, counter};
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
 #[map(name = "ENROLLED")]
@@ -18,6 +18,20 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// the peer's FIN arrived afterwards (the kernel counts it in `bytes_received`).
 #[map(name = "FIN_WAIT2_RCV_NXT")]
 pub static FIN_WAIT2_RCV_NXT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Which destinations each policy class of pods has captured into the engine.
+#[map(name = "CAPTURE")]
+pub static CAPTURE: HashMap<CaptureKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Original destination of captured connections, by socket cookie: for `getpeername()` and
+/// for sock_ops to hand over to the engine. LRU: entries of sockets that are gone age out.
+#[map(name = "ORIG_DST")]
+pub static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Original destination of captured connections by (pod netns, app port), for the engine's
+/// `accept()`; the engine deletes each entry it reads.
+#[map(name = "ORIG_DST_BY_PORT")]
+pub static ORIG_DST_BY_PORT: LruHashMap<PortKey, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]

@@ -12,9 +12,9 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use lockmesh_common::{FlowEvent, counter, event_kind, role, tcp_state};
+use lockmesh_common::{FlowEvent, PortKey, counter, engine, event_kind, role, tcp_state};
 
-use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, count, enrolled};
+use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled};
 
 /// Reads a context field with a load of its own: clang would otherwise merge loads of
 /// neighbouring fields into a computed-offset access the verifier rejects ("dereference of
@@ -116,10 +116,25 @@ fn emit(ev: &FlowEvent) {
 }
 
 fn on_established(ctx: &SockOpsContext, role: u32) {
+    let ptr = ctx.ops as *mut c_void;
     // SAFETY: valid context pointer for this helper.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
+    let netns = unsafe { bpf_get_netns_cookie(ptr) };
     if enrolled(netns).is_none() {
         return;
+    }
+    let local_port = ctx_field!(ctx, local_port) as u16;
+    if role == role::CLIENT {
+        // A connection the capture hook steered to the engine: hand its original destination
+        // to the engine, keyed by what accept() will show it (this namespace, this port). This
+        // runs before the client's ACK leaves, so before the engine can accept.
+        // SAFETY: valid context pointer for this helper.
+        let cookie = unsafe { bpf_get_socket_cookie(ptr) };
+        // SAFETY: the value is plain data copied out at once.
+        if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
+            let key = PortKey { netns_cookie: netns, port: local_port, _pad: [0; 6] };
+            let _ = ORIG_DST_BY_PORT.insert(&key, orig, 0);
+            return; // the engine reports this flow, with its encryption
+        }
     }
     let Some((local, remote)) = ipv4_endpoints(ctx) else {
         return;
@@ -128,10 +143,30 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
     if is_loopback(local) || is_loopback(remote) {
         return;
     }
+    // The engine's own sockets (its outbound legs, its transparent legs to the app and the
+    // app's side of those, its HBONE listener's connections) are reported by the engine.
+    if role == role::SERVER && local_port == engine::HBONE_PORT {
+        return;
+    }
+    let mark = socket_mark(ctx);
+    if mark == engine::MARK_OUTBOUND || mark == engine::MARK_INBOUND {
+        return;
+    }
     // Ask for state callbacks on this socket so its close is reported.
     let _ = ctx.set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     count(counter::FLOWS_OPENED);
     emit(&event(ctx, event_kind::OPEN, role, local, remote));
+}
+
+/// `SO_MARK` of the socket (0 when the context has no full socket).
+#[inline(always)]
+fn socket_mark(ctx: &SockOpsContext) -> u32 {
+    let sk = ctx_field!(ctx, __bindgen_anon_2.sk);
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: the verifier-checked socket pointer of this context, non-null.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sk).mark)) }
 }
 
 fn on_fin_wait2(ctx: &SockOpsContext) {

@@ -1,0 +1,125 @@
+//! The one place flow records are built and stored, for the kernel observer and the engine
+//! alike: names endpoints from the inventory, stamps ids and times.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use time::OffsetDateTime;
+
+use super::{
+    record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict},
+    table::FlowTable,
+};
+use crate::{inventory::Inventory, model::Workload};
+
+#[derive(Clone)]
+pub struct FlowSink {
+    table: Arc<Mutex<FlowTable>>,
+    inventory: Arc<ArcSwap<Inventory>>,
+    id_prefix: Arc<str>,
+}
+
+impl FlowSink {
+    pub fn new(table: Arc<Mutex<FlowTable>>, inventory: Arc<ArcSwap<Inventory>>) -> Self {
+        Self { table, inventory, id_prefix: boot_id_prefix().into() }
+    }
+
+    pub fn inventory(&self) -> arc_swap::Guard<Arc<Inventory>> {
+        self.inventory.load()
+    }
+
+    /// The reporting node's own pod: known by its network namespace, so its identity is proven.
+    pub fn local_endpoint(&self, pod: &Workload, ip: Ipv4Addr, port: u16) -> Endpoint {
+        let inventory = self.inventory.load();
+        Endpoint { identity: Some(pod.identity(&inventory.trust_domain)), ..named(Some(pod), ip, port) }
+    }
+
+    /// The other end, named from the inventory by address; `identity` only when mTLS proved it.
+    pub fn remote_endpoint(&self, ip: Ipv4Addr, port: u16, proven_identity: Option<String>) -> Endpoint {
+        let inventory = self.inventory.load();
+        Endpoint {
+            identity: proven_identity,
+            ..named(inventory.workload_by_ip(ip).map(Arc::as_ref), ip, port)
+        }
+    }
+
+    /// A new open record with a stable id for `key` (a kernel socket cookie).
+    pub fn record(
+        &self,
+        key: u64,
+        start: OffsetDateTime,
+        reporter: Reporter,
+        src: Endpoint,
+        dst: Endpoint,
+        encryption: Encryption,
+    ) -> FlowRecord {
+        FlowRecord {
+            schema: SCHEMA.to_string(),
+            id: format!("{}-{key:x}", self.id_prefix),
+            start,
+            end: None,
+            node: self.inventory.load().node.clone(),
+            reporter,
+            src,
+            dst,
+            encryption,
+            verdict: Verdict::Forwarded,
+            reason: None,
+            tls: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: None,
+        }
+    }
+
+    pub fn open(&self, key: u64, record: FlowRecord) {
+        if let Ok(mut table) = self.table.lock() {
+            table.insert_open(key, record);
+        }
+    }
+
+    /// Closes an open flow; `finish` sets its final fields.
+    pub fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) {
+        if let Ok(mut table) = self.table.lock() {
+            table.close(key, finish);
+        }
+    }
+
+    /// Stores a flow that was over when it was reported (a denial, a reset).
+    pub fn finished(&self, record: FlowRecord) {
+        if let Ok(mut table) = self.table.lock() {
+            table.insert_closed(record);
+        }
+    }
+}
+
+/// An endpoint named from the inventory; no identity.
+fn named(workload: Option<&Workload>, ip: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint {
+        ip,
+        port,
+        namespace: workload.map(|w| w.key.namespace.clone()),
+        workload: workload.map(|w| w.key.name.clone()),
+        service_account: workload.map(|w| w.service_account.clone()),
+        identity: None,
+        labels: workload.map(|w| w.labels.clone()).unwrap_or_default(),
+    }
+}
+
+/// IPv4 part of a socket address (the engine is IPv4-only today; mapped addresses unwrap).
+pub fn ipv4(addr: SocketAddr) -> Ipv4Addr {
+    match addr {
+        SocketAddr::V4(a) => *a.ip(),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// First 8 hex digits of the kernel boot id: socket cookies are unique only within a boot.
+fn boot_id_prefix() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().replace('-', "").chars().take(8).collect())
+        .unwrap_or_else(|| "00000000".to_string())
+}

@@ -1,0 +1,110 @@
+//! Per-pod network setup for the engine's transparent inbound legs, done inside the pod's
+//! namespace: a policy rule sends packets marked `MARK_INBOUND` (the app's replies to a
+//! transparent leg) to a table whose only route delivers everything locally, back to the
+//! engine; `tcp_fwmark_accept` makes the app's accepted socket carry the mark of the SYN, and
+//! `fwmark_reflect` makes the kernel's own replies (a refused connect) follow it too.
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use futures_util::TryStreamExt as _;
+use lockmesh_common::engine;
+use rtnetlink::{
+    Handle, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        route::RouteType,
+        rule::{RuleAttribute, RuleMessage},
+    },
+};
+
+use crate::netns::NetNs;
+
+/// Priority of the fwmark rule: before the main table (32766).
+const RULE_PRIORITY: u32 = 20;
+/// Loopback's ifindex is 1 in every namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Installs the rule, the route and the sysctls (idempotent).
+pub async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
+    netns.enter(|| -> anyhow::Result<()> {
+        for key in ["net/ipv4/tcp_fwmark_accept", "net/ipv4/fwmark_reflect"] {
+            std::fs::write(format!("/proc/sys/{key}"), "1").with_context(|| format!("setting {key}"))?;
+        }
+        Ok(())
+    })??;
+    let (handle, task) = connect(netns)?;
+    let result = async {
+        if find_rule(&handle).await?.is_none() {
+            handle
+                .rule()
+                .add()
+                .v4()
+                .fw_mark(engine::MARK_INBOUND)
+                .table_id(engine::INBOUND_ROUTE_TABLE)
+                .priority(RULE_PRIORITY)
+                .execute()
+                .await
+                .context("adding the fwmark rule")?;
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Local)
+            .table_id(engine::INBOUND_ROUTE_TABLE)
+            .output_interface(LOOPBACK_IFINDEX)
+            .build();
+        match handle.route().add(route).replace().execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("adding the local route of the inbound table")),
+        }
+    }
+    .await;
+    task.abort();
+    result.with_context(|| format!("preparing {} for transparent inbound", netns.path().display()))
+}
+
+/// Removes the rule and the route (the pod leaves the mesh).
+pub async fn undo(netns: &NetNs) -> anyhow::Result<()> {
+    let (handle, task) = connect(netns)?;
+    let result = async {
+        if let Some(rule) = find_rule(&handle).await? {
+            handle.rule().del(rule).execute().await.context("deleting the fwmark rule")?;
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Local)
+            .table_id(engine::INBOUND_ROUTE_TABLE)
+            .output_interface(LOOPBACK_IFINDEX)
+            .build();
+        let _ = handle.route().del(route).execute().await; // already gone is fine
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// A netlink connection whose socket lives in the pod's namespace.
+fn connect(netns: &NetNs) -> anyhow::Result<(Handle, tokio::task::JoinHandle<()>)> {
+    let (connection, handle, _) =
+        netns.enter(rtnetlink::new_connection)?.context("opening netlink in the pod")?;
+    Ok((handle, tokio::spawn(connection)))
+}
+
+async fn find_rule(handle: &Handle) -> anyhow::Result<Option<RuleMessage>> {
+    let mut rules = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    while let Some(rule) = rules.try_next().await.context("listing rules")? {
+        let ours = rule.header.family == AddressFamily::Inet
+            && rule
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == engine::MARK_INBOUND))
+            && rule
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Table(t) if *t == engine::INBOUND_ROUTE_TABLE));
+        if ours {
+            return Ok(Some(rule));
+        }
+    }
+    Ok(None)
+}

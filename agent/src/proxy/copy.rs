@@ -1,0 +1,117 @@
+//! Copying between an app's TCP connection and an HBONE stream, both ways, with half-close:
+//! the app's EOF becomes END_STREAM, the peer's END_STREAM becomes a TCP shutdown(WR), and a
+//! reset on either side resets the other.
+//!
+//! Reads go into one reusable buffer whose chunks are handed to h2 without copying; the buffer
+//! reclaims its memory once h2 has written them, so steady state allocates nothing per chunk.
+use std::future::poll_fn;
+
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read from the app per read call (also the most h2 is asked to buffer per stream).
+const CHUNK: usize = 256 * 1024;
+
+/// How a copy ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// App → peer.
+    pub sent: u64,
+    /// Peer → app.
+    pub received: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("app connection: {0}")]
+    App(#[from] std::io::Error),
+    #[error("tunnel stream: {0}")]
+    Tunnel(#[from] h2::Error),
+    #[error("tunnel stream closed by the peer")]
+    TunnelClosed,
+}
+
+/// Copies until both directions are done; returns the byte counts and the first error.
+pub async fn bidirectional(
+    tcp: &mut TcpStream,
+    mut send: SendStream<Bytes>,
+    mut recv: RecvStream,
+) -> (Copied, Option<CopyError>) {
+    let cancel = CancellationToken::new();
+    let (mut read, mut write) = tcp.split();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let up = async {
+        let result = tcp_to_h2(&mut read, &mut send, &mut sent).await;
+        if result.is_err() {
+            // The app went away abruptly: tell the peer, stop the other direction.
+            send.send_reset(Reason::CANCEL);
+            cancel.cancel();
+        }
+        result
+    };
+    let down = async {
+        let result = tokio::select! {
+            r = h2_to_tcp(&mut recv, &mut write, &mut received) => r,
+            _ = cancel.cancelled() => Ok(()),
+        };
+        if result.is_err() {
+            cancel.cancel();
+        }
+        result
+    };
+    let up = async {
+        tokio::select! {
+            r = up => r,
+            _ = cancel.cancelled() => Ok(()),
+        }
+    };
+    let (up, down) = tokio::join!(up, down);
+    (Copied { sent, received }, up.err().or(down.err()))
+}
+
+async fn tcp_to_h2(
+    read: &mut tokio::net::tcp::ReadHalf<'_>,
+    send: &mut SendStream<Bytes>,
+    total: &mut u64,
+) -> Result<(), CopyError> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        let n = read.read_buf(&mut buf).await?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true)?;
+            return Ok(());
+        }
+        *total += n as u64;
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            // Respect the peer's flow-control window instead of letting h2 buffer without bound.
+            send.reserve_capacity(chunk.len());
+            let capacity = poll_fn(|cx| send.poll_capacity(cx)).await.ok_or(CopyError::TunnelClosed)??;
+            if capacity == 0 {
+                continue;
+            }
+            send.send_data(chunk.split_to(capacity.min(chunk.len())), false)?;
+        }
+    }
+}
+
+async fn h2_to_tcp(
+    recv: &mut RecvStream,
+    write: &mut tokio::net::tcp::WriteHalf<'_>,
+    total: &mut u64,
+) -> Result<(), CopyError> {
+    while let Some(data) = recv.data().await {
+        let data = data?;
+        write.write_all(&data).await?;
+        *total += data.len() as u64;
+        let _ = recv.flow_control().release_capacity(data.len());
+    }
+    write.shutdown().await?;
+    Ok(())
+}
