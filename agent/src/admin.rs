@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -23,7 +23,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
     flows::{FlowStats, FlowTable},
+    identity::{CertificateStatus, Identities},
     kernel::{CounterValues, ProgramRef},
+    proxy::hbone::Pool,
 };
 
 /// What `/readyz` needs to know; updated by the agent as it starts and runs.
@@ -31,14 +33,31 @@ use crate::{
 pub struct Readiness {
     pub programs_attached: AtomicBool,
     pub config_loaded: AtomicBool,
+    /// Kernel maps and engine listeners reflect the loaded config (at least once).
+    pub datapath_synced: AtomicBool,
     pub config_errors: Mutex<Vec<String>>,
     pub kernel_counters: Mutex<CounterValues>,
     pub programs: Mutex<Vec<ProgramRef>>,
+    /// Set once the engine exists; read live so `/readyz` is never stale.
+    pub engine: OnceLock<EngineHandles>,
+}
+
+pub struct EngineHandles {
+    pub pool: Arc<Pool>,
+    pub identities: Arc<Identities>,
+}
+
+#[derive(Default, Serialize)]
+struct EngineStatus {
+    hbone_connections: usize,
+    certificates: Vec<CertificateStatus>,
 }
 
 impl Readiness {
     fn is_ready(&self) -> bool {
-        self.programs_attached.load(Ordering::Acquire) && self.config_loaded.load(Ordering::Acquire)
+        self.programs_attached.load(Ordering::Acquire)
+            && self.config_loaded.load(Ordering::Acquire)
+            && self.datapath_synced.load(Ordering::Acquire)
     }
 }
 
@@ -69,10 +88,12 @@ struct ReadyDetail {
     ready: bool,
     programs_attached: bool,
     config_loaded: bool,
+    datapath_synced: bool,
     config_errors: Vec<String>,
     kernel: CounterValues,
     programs: Vec<ProgramRef>,
     flows: FlowStats,
+    engine: EngineStatus,
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -81,10 +102,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         ready: r.is_ready(),
         programs_attached: r.programs_attached.load(Ordering::Acquire),
         config_loaded: r.config_loaded.load(Ordering::Acquire),
+        datapath_synced: r.datapath_synced.load(Ordering::Acquire),
         config_errors: r.config_errors.lock().map(|e| e.clone()).unwrap_or_default(),
         kernel: r.kernel_counters.lock().map(|c| *c).unwrap_or_default(),
         programs: r.programs.lock().map(|p| p.clone()).unwrap_or_default(),
         flows: state.flows.lock().map(|t| t.stats()).unwrap_or_default(),
+        engine: r.engine.get().map_or_else(EngineStatus::default, |e| EngineStatus {
+            hbone_connections: e.pool.connection_count(),
+            certificates: e.identities.certificates(),
+        }),
     };
     let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(detail)).into_response()

@@ -1,4 +1,5 @@
-//! The node agent: wires sources → desired state → kernel maps, and kernel events → flows.
+//! The node agent: sources → cluster state → desired state → kernel maps + engine; kernel
+//! events and engine connections → flows.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -11,13 +12,16 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    admin::{self, AdminState, Readiness},
+    admin::{self, AdminState, EngineHandles, Readiness},
     config::{ConfigDir, watch::DirWatch},
+    desired::{self, Classes},
     enrolment::Enrolment,
     flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
+    identity::{Identities, IdentityOptions},
     inventory::Inventory,
-    kernel::{Datapath, DatapathOptions, EnrolledMap},
+    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap},
     model::ClusterState,
+    proxy::Engine,
 };
 
 #[derive(Clone, Debug)]
@@ -28,13 +32,65 @@ pub struct AgentOptions {
     pub trust_domain: String,
     pub datapath: DatapathOptions,
     pub flow_limits: FlowLimits,
+    pub identity: IdentityOptions,
+    /// How long open tunneled connections may finish after SIGTERM.
+    pub drain: Duration,
+    /// HTTP/2 streams per HBONE connection.
+    pub hbone_max_streams: u32,
 }
 
 /// How often workloads whose namespace is missing are retried, and kernel counters read.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// The node's derived state and the kernel/engine handles it drives.
+struct Node {
+    options: AgentOptions,
+    inventory: Arc<ArcSwap<Inventory>>,
+    enrolment: Enrolment,
+    classes: Classes,
+    enrolled_map: EnrolledMap,
+    capture_map: CaptureMap,
+    engine: Engine,
+}
+
+impl Node {
+    /// Brings kernel maps and engine in line with `state`.
+    async fn apply(&mut self, state: &ClusterState) -> anyhow::Result<()> {
+        let changes = self.enrolment.reconcile(&self.options.node, state);
+        for key in &changes.enrolled {
+            tracing::info!(workload = %key, "enrolled");
+        }
+        for key in &changes.unenrolled {
+            tracing::info!(workload = %key, "unenrolled");
+        }
+        for key in &changes.updated {
+            tracing::info!(workload = %key, "workload updated");
+        }
+        // Publish the inventory first so that events and connections of new pods are named.
+        self.inventory.store(Arc::new(Inventory::new(
+            &self.options.node,
+            &self.options.trust_domain,
+            state,
+            self.enrolment.pods().map(|p| (p.netns.cookie(), p.workload.clone())),
+        )));
+        // The engine listens before the kernel steers anything to it, and stops only after the
+        // kernel stopped.
+        self.engine.serve(self.enrolment.pods(), &self.options.trust_domain).await;
+        let kernel = desired::kernel_state(state, &self.enrolment, &mut self.classes);
+        let (added, removed) = self.enrolled_map.sync(&kernel.enrolled)?;
+        let (captured, released) = self.capture_map.sync(&kernel.capture)?;
+        if added + removed + captured + released > 0 {
+            tracing::debug!(added, removed, captured, released, "kernel maps updated");
+        }
+        self.engine.retire(self.enrolment.pods()).await;
+        Ok(())
+    }
+}
+
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
+    let identities = Arc::new(Identities::new(&options.identity).context("setting up workload identities")?);
+    let mut renewal = tokio::spawn(identities.clone().renew_forever());
     let table = Arc::new(Mutex::new(FlowTable::new(options.flow_limits)));
     let inventory = Arc::new(ArcSwap::from_pointee(Inventory::default()));
 
@@ -44,7 +100,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     ));
 
     let mut datapath = Datapath::load(&options.datapath)?;
-    let mut enrolled_map = datapath.enrolled_map()?;
+    let enrolled_map = datapath.enrolled_map()?;
+    let capture_map = datapath.capture_map()?;
+    let orig_dst = datapath.orig_dst_map()?;
     let counters = datapath.counters()?;
     let mut events = datapath.event_reader()?;
     if let Ok(mut programs) = readiness.programs.lock() {
@@ -60,38 +118,20 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         }
     });
 
+    let mut node = Node {
+        engine: Engine::new(identities.clone(), sink, orig_dst, options.hbone_max_streams),
+        options: options.clone(),
+        inventory,
+        enrolment: Enrolment::default(),
+        classes: Classes::default(),
+        enrolled_map,
+        capture_map,
+    };
+
+    let _ = readiness.engine.set(EngineHandles { pool: node.engine.pool(), identities });
     let mut config = ConfigDir::new(&options.config_dir);
     let mut watch = DirWatch::new(&options.config_dir)?;
     let mut state = ClusterState::default();
-    let mut enrolment = Enrolment::default();
-    let sync = |state: &ClusterState,
-                enrolment: &mut Enrolment,
-                enrolled_map: &mut EnrolledMap|
-     -> anyhow::Result<()> {
-        let changes = enrolment.reconcile(&options.node, state);
-        for key in &changes.enrolled {
-            tracing::info!(workload = %key, "enrolled");
-        }
-        for key in &changes.unenrolled {
-            tracing::info!(workload = %key, "unenrolled");
-        }
-        for key in &changes.updated {
-            tracing::info!(workload = %key, "workload updated");
-        }
-        // Publish the inventory before the kernel map so events of new pods can be named.
-        inventory.store(Arc::new(Inventory::new(
-            &options.node,
-            &options.trust_domain,
-            state,
-            enrolment.pods().map(|p| (p.netns.cookie(), p.workload.clone())),
-        )));
-        let (added, removed) = enrolled_map.sync(&enrolment.kernel_entries())?;
-        if added + removed > 0 {
-            tracing::debug!(added, removed, "ENROLLED map updated");
-        }
-        Ok(())
-    };
-
     let reload = |config: &mut ConfigDir, state: &mut ClusterState| match config.reload() {
         Ok(reload) => {
             for error in &reload.errors {
@@ -107,7 +147,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
 
     reload(&mut config, &mut state);
-    sync(&state, &mut enrolment, &mut enrolled_map)?;
+    node.apply(&state).await?;
+    // Ready only now: a connection made after /readyz says so is steered and observed.
+    readiness.datapath_synced.store(true, Ordering::Release);
     tracing::info!(node = %options.node, config = %options.config_dir.display(), "agent ready");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -120,12 +162,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                     anyhow::bail!("config dir watch ended");
                 }
                 reload(&mut config, &mut state);
-                sync(&state, &mut enrolment, &mut enrolled_map)?;
+                node.apply(&state).await?;
             }
             _ = tick.tick() => {
-                if enrolment.has_pending() || enrolment.pods().count() > 0 {
+                if node.enrolment.has_pending() || node.enrolment.pods().count() > 0 {
                     // Retries missing namespaces and notices pods whose namespace was replaced.
-                    sync(&state, &mut enrolment, &mut enrolled_map)?;
+                    node.apply(&state).await?;
                 }
                 match counters.read() {
                     Ok(values) => if let Ok(mut c) = readiness.kernel_counters.lock() { *c = values },
@@ -135,17 +177,22 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             result = &mut event_task => {
                 return Err(task_failure(result).context("kernel event reader stopped"));
             }
+            result = &mut renewal => {
+                return Err(anyhow::anyhow!("certificate renewal stopped: {result:?}"));
+            }
             result = &mut admin => {
                 return Err(task_failure(result).context("admin endpoint stopped"));
             }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: draining, then detaching"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: draining, then detaching"); break; }
         }
     }
 
+    node.engine.drain(options.drain).await;
     event_task.abort();
+    renewal.abort();
     admin.abort();
-    drop(enrolled_map);
+    drop(node);
     drop(counters);
     datapath.detach_and_unpin()?;
     tracing::info!("detached; bye");

@@ -1,6 +1,6 @@
 //! Command line: `lockmesh agent` runs the node agent; the other commands talk to a running
 //! agent's admin endpoint.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -12,6 +12,10 @@ Examples:
   # Show the flows the agent saw, then follow new ones as JSON lines:
   lockmesh flows
   lockmesh flows -o json --follow
+
+  # Create a CA in Istio's cacerts layout, shared by the agents of all nodes:
+  lockmesh ca init --dir /etc/lockmesh/ca
+  lockmesh agent --node node1 --config /etc/lockmesh --ca /etc/lockmesh/ca
 
   # Remove everything a crashed agent of node1 left in the kernel:
   lockmesh agent --node node1 --cleanup";
@@ -45,9 +49,27 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: load the eBPF programs, enrol this node's workloads, report flows.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show the flows a running agent reports (connections of enrolled pods).
     Flows(FlowsArgs),
+    /// Manage the certificate authority that signs workload identities.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA in Istio's `cacerts` layout (root-cert.pem, ca-cert.pem, ca-key.pem,
+    /// cert-chain.pem): a root and an intermediate that signs workload certificates. Give the
+    /// directory to every agent with `--ca`. Refuses to overwrite an existing CA.
+    Init {
+        /// Directory to create the CA in (files are written 0600).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Trust domain named in the CA's subject.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +117,32 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_closed_flows: usize,
 
+    /// Plug-in CA in Istio's `cacerts` layout (the files of Istio's `cacerts` Secret:
+    /// ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem). Nodes that must trust each
+    /// other share it. Without it, a self-signed root is created in --state-dir and reused.
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+
+    /// Directory for the agent's own state (the self-signed root when no --ca is given).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lockmesh")]
+    pub state_dir: PathBuf,
+
+    /// Lifetime of workload certificates (e.g. `24h`, `30m`, `6s`); renewed at about half-life.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+
+    /// Offer the post-quantum hybrid key exchange X25519MLKEM768 first (slower handshakes).
+    #[arg(long)]
+    pub post_quantum: bool,
+
+    /// HTTP/2 streams multiplexed on one HBONE connection before another is opened.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub hbone_max_streams: u32,
+
+    /// On SIGTERM, how long open tunneled connections may finish before the agent exits.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+
     /// Remove this node's pinned maps and links from the kernel, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -119,4 +167,37 @@ pub struct FlowsArgs {
 pub enum FlowsOutput {
     Table,
     Json,
+}
+
+/// `250ms`, `6s`, `30m`, `24h` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 30s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h, d)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("6s"), Ok(Duration::from_secs(6)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }

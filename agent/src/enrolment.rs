@@ -2,8 +2,6 @@
 //! namespace. Reconciled against every new cluster state.
 use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, sync::Arc};
 
-use lockmesh_common::EnrolledPod;
-
 use crate::{
     model::{ClusterState, ObjectKey, Workload},
     netns::NetNs,
@@ -97,17 +95,6 @@ impl Enrolment {
 
     pub fn pods(&self) -> impl Iterator<Item = &EnrolledWorkload> {
         self.pods.values()
-    }
-
-    /// The `ENROLLED` map's desired content.
-    pub fn kernel_entries(&self) -> BTreeMap<u64, EnrolledPod> {
-        self.pods
-            .values()
-            .map(|p| {
-                let ip4 = p.workload.primary_address().map(|ip| u32::from(ip).to_be()).unwrap_or(0);
-                (p.netns.cookie(), EnrolledPod { ip4, class: 0 })
-            })
-            .collect()
     }
 }
 

@@ -4,9 +4,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use lockmesh::{
     agent::{self, AgentOptions},
-    cli::{AgentArgs, Cli, Command, LogFormat},
+    cli::{AgentArgs, CaCommand, Cli, Command, LogFormat},
     cmd,
     flows::FlowLimits,
+    identity::{self, IdentityOptions},
     kernel::{self, DatapathOptions},
 };
 use tracing_subscriber::EnvFilter;
@@ -39,8 +40,13 @@ fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Agent(args) => run_agent(args).await,
+        Command::Agent(args) => run_agent(*args).await,
         Command::Flows(args) => cmd::flows::run(args).await,
+        Command::Ca(CaCommand::Init { dir, trust_domain }) => {
+            identity::ca::init(&dir, &trust_domain)?;
+            println!("CA created in {} (Istio cacerts layout); pass it to agents with --ca", dir.display());
+            Ok(())
+        }
     }
 }
 
@@ -62,7 +68,16 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         node: args.node,
         config_dir,
         admin: args.admin,
+        identity: IdentityOptions {
+            trust_domain: args.trust_domain.clone(),
+            ca_dir: args.ca,
+            state_dir: args.state_dir,
+            cert_ttl: args.cert_ttl,
+            post_quantum: args.post_quantum,
+        },
         trust_domain: args.trust_domain,
+        drain: args.drain,
+        hbone_max_streams: args.hbone_max_streams,
         datapath: DatapathOptions {
             cgroup,
             pin_dir,

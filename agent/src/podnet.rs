@@ -12,8 +12,8 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        route::RouteType,
-        rule::{RuleAttribute, RuleMessage},
+        route::{RouteScope, RouteType},
+        rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
 
@@ -40,6 +40,7 @@ pub async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
                 .add()
                 .v4()
                 .fw_mark(engine::MARK_INBOUND)
+                .action(RuleAction::ToTable)
                 .table_id(engine::INBOUND_ROUTE_TABLE)
                 .priority(RULE_PRIORITY)
                 .execute()
@@ -49,6 +50,7 @@ pub async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .table_id(engine::INBOUND_ROUTE_TABLE)
             .output_interface(LOOPBACK_IFINDEX)
             .build();
@@ -72,6 +74,7 @@ pub async fn undo(netns: &NetNs) -> anyhow::Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .table_id(engine::INBOUND_ROUTE_TABLE)
             .output_interface(LOOPBACK_IFINDEX)
             .build();
@@ -94,6 +97,7 @@ async fn find_rule(handle: &Handle) -> anyhow::Result<Option<RuleMessage>> {
     let mut rules = handle.rule().get(rtnetlink::IpVersion::V4).execute();
     while let Some(rule) = rules.try_next().await.context("listing rules")? {
         let ours = rule.header.family == AddressFamily::Inet
+            && rule.header.action == RuleAction::ToTable
             && rule
                 .attributes
                 .iter()

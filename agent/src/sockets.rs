@@ -1,10 +1,7 @@
 //! The one place that creates the engine's sockets: listeners and connections inside a pod's
 //! network namespace, marked so the capture hook lets them through, or transparent (bound to
 //! the client's address). Proxy code asks for what it needs and never touches setns or marks.
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use lockmesh_common::engine;
@@ -60,13 +57,27 @@ impl PodSockets {
     /// A connection to the app at `dst` inside the pod that appears to come from `client`
     /// (transparent): the app sees the real client address. Replies are routed back to the
     /// engine by the pod's fwmark rule (see `podnet`).
-    pub async fn connect_transparent(&self, client: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-        let socket = self.socket(&dst)?;
-        socket.set_mark(engine::MARK_INBOUND)?;
-        socket.set_ip_transparent_v4(true)?;
-        socket.set_freebind_v4(true)?;
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&SocketAddr::new(client, 0).into())?;
+    ///
+    /// The client's own port is kept when it is free here, so the app, the source's flow and
+    /// the destination's flow all name the same connection; else the kernel picks one.
+    pub async fn connect_transparent(
+        &self,
+        client: SocketAddr,
+        dst: SocketAddr,
+    ) -> std::io::Result<TcpStream> {
+        let transparent = |port: u16| -> std::io::Result<Socket> {
+            let socket = self.socket(&dst)?;
+            socket.set_mark(engine::MARK_INBOUND)?;
+            socket.set_ip_transparent_v4(true)?;
+            socket.set_freebind_v4(true)?;
+            socket.set_tcp_nodelay(true)?;
+            socket.bind(&SocketAddr::new(client.ip(), port).into())?;
+            Ok(socket)
+        };
+        let socket = match transparent(client.port()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => transparent(0)?,
+            other => other?,
+        };
         connect(socket, dst).await
     }
 }

@@ -19,6 +19,22 @@ pub struct Agent {
     process: ChildGuard,
 }
 
+/// The testbed's CA (Istio `cacerts` layout), created by `lockmesh ca init` on first use.
+pub fn shared_ca(testbed: &Testbed, binary: &Path) -> anyhow::Result<PathBuf> {
+    let dir = testbed.work_dir.join("shared-ca");
+    if !dir.join("ca-key.pem").exists() {
+        let out = std::process::Command::new(binary)
+            .args(["ca", "init", "--dir"])
+            .arg(&dir)
+            .output()
+            .context("running lockmesh ca init")?;
+        if !out.status.success() {
+            bail!("lockmesh ca init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(dir)
+}
+
 impl Agent {
     /// Starts the agent of `node` on `config_dir` and waits until `/readyz` says ready.
     pub fn start(
@@ -50,6 +66,14 @@ impl Agent {
             .arg("--bpffs-dir")
             .arg(&pin_dir)
             .args(["--admin", &admin.to_string()])
+            // Never the machine's /var/lib/lockmesh.
+            .arg("--state-dir")
+            .arg(testbed.work_dir.join(format!("state-{node}")));
+        if !extra_args.contains(&"--ca") {
+            // Agents of one testbed trust each other unless a test says otherwise.
+            command.arg("--ca").arg(shared_ca(testbed, binary)?);
+        }
+        command
             .args(extra_args)
             .env(
                 "LOCKMESH_LOG",

@@ -15,7 +15,10 @@ impl Capture {
     /// Starts `tcpdump -i <iface> <filter>` inside `ns`, writing full packets to `file`.
     pub fn start(ns: &std::path::Path, iface: &str, filter: &str, file: PathBuf) -> anyhow::Result<Self> {
         let mut command = netns::command_in(ns, "tcpdump")?;
-        command.args(["-i", iface, "-s", "0", "-U", "-n", "-w"]).arg(&file).args(filter.split_whitespace());
+        command
+            .args(["-i", iface, "-s", "0", "-U", "--immediate-mode", "-n", "-w"])
+            .arg(&file)
+            .args(filter.split_whitespace());
         let log = file.with_extension("log");
         let mut process = ChildGuard::spawn("tcpdump", command, log)?;
         // tcpdump says "listening on" once the capture is armed.

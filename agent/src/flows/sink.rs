@@ -19,11 +19,26 @@ pub struct FlowSink {
     table: Arc<Mutex<FlowTable>>,
     inventory: Arc<ArcSwap<Inventory>>,
     id_prefix: Arc<str>,
+    synthetic: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Keys of flows without a socket of their own (refused requests) count down from here; kernel
+/// socket cookies count up from 1 and never get near.
+const SYNTHETIC_KEYS: u64 = u64::MAX;
 
 impl FlowSink {
     pub fn new(table: Arc<Mutex<FlowTable>>, inventory: Arc<ArcSwap<Inventory>>) -> Self {
-        Self { table, inventory, id_prefix: boot_id_prefix().into() }
+        Self {
+            table,
+            inventory,
+            id_prefix: boot_id_prefix().into(),
+            synthetic: Arc::new(std::sync::atomic::AtomicU64::new(SYNTHETIC_KEYS)),
+        }
+    }
+
+    /// A unique key for a flow that has no socket (and so no cookie) of its own.
+    pub fn synthetic_key(&self) -> u64 {
+        self.synthetic.fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn inventory(&self) -> arc_swap::Guard<Arc<Inventory>> {

@@ -6,7 +6,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
 };
-use lockmesh_common::{EnrolledPod, counter, maps as map_names};
+use lockmesh_common::{CaptureKey, EnrolledPod, OrigDst, PortKey, counter, maps as map_names};
 
 /// Enrolled pods by network-namespace cookie.
 pub struct EnrolledMap {
@@ -41,6 +41,57 @@ impl EnrolledMap {
     }
 }
 
+/// Which destinations each class of pods has steered into the engine.
+pub struct CaptureMap {
+    map: HashMap<MapData, CaptureKey, u32>,
+}
+
+impl CaptureMap {
+    pub(super) fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf.take_map(map_names::CAPTURE).context("CAPTURE map missing")?;
+        Ok(Self { map: HashMap::try_from(map)? })
+    }
+
+    /// Makes the map hold exactly `desired`; returns (added or changed, removed).
+    pub fn sync(&mut self, desired: &BTreeMap<CaptureKey, u32>) -> anyhow::Result<(usize, usize)> {
+        let present: Vec<CaptureKey> = self.map.keys().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for stale in present.iter().filter(|k| !desired.contains_key(k)) {
+            self.map.remove(stale).context("removing from CAPTURE")?;
+            removed += 1;
+        }
+        let mut added = 0;
+        for (key, action) in desired {
+            if self.map.get(key, 0).ok() != Some(*action) {
+                self.map.insert(key, action, 0).context("adding to CAPTURE (map full?)")?;
+                added += 1;
+            }
+        }
+        Ok((added, removed))
+    }
+}
+
+/// Original destinations of captured connections, for the engine's accept().
+pub struct OrigDstMap {
+    map: HashMap<MapData, PortKey, OrigDst>,
+}
+
+impl OrigDstMap {
+    pub(super) fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf.take_map(map_names::ORIG_DST_BY_PORT).context("ORIG_DST_BY_PORT map missing")?;
+        Ok(Self { map: HashMap::try_from(map)? })
+    }
+
+    /// Takes (reads and deletes) the original destination of the connection the app in the pod
+    /// of `netns_cookie` made from local port `port`.
+    pub fn take_entry(&mut self, netns_cookie: u64, port: u16) -> Option<OrigDst> {
+        let key = PortKey { netns_cookie, port, _pad: [0; 6] };
+        let value = self.map.get(&key, 0).ok()?;
+        let _ = self.map.remove(&key);
+        Some(value)
+    }
+}
+
 /// The kernel's per-CPU counters, summed.
 pub struct Counters {
     map: PerCpuArray<MapData, u64>,
@@ -52,6 +103,7 @@ pub struct CounterValues {
     pub ring_buffer_drops: u64,
     pub flows_opened: u64,
     pub flows_closed: u64,
+    pub captured: u64,
 }
 
 impl Counters {
@@ -68,6 +120,7 @@ impl Counters {
             ring_buffer_drops: sum(counter::RINGBUF_DROPS)?,
             flows_opened: sum(counter::FLOWS_OPENED)?,
             flows_closed: sum(counter::FLOWS_CLOSED)?,
+            captured: sum(counter::CAPTURED)?,
         })
     }
 }

@@ -12,11 +12,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, SockOps, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
 };
 pub use events::{EventReader, KernelEvent};
 use lockmesh_common::{maps as map_names, programs as prog_names};
-pub use maps::{CounterValues, Counters, EnrolledMap};
+pub use maps::{CaptureMap, CounterValues, Counters, EnrolledMap, OrigDstMap};
 
 /// The eBPF object built from ebpf/lockmesh-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockmesh"));
@@ -87,18 +87,26 @@ impl Datapath {
         let cgroup = File::open(&options.cgroup)
             .with_context(|| format!("opening cgroup {}", options.cgroup.display()))?;
         let mut links = Vec::new();
-        let sock_ops: &mut SockOps = ebpf
-            .program_mut(prog_names::SOCK_OPS)
-            .context("program lockmesh_sockops missing from the object")?
-            .try_into()?;
-        sock_ops.load().context("verifying lockmesh_sockops")?;
+        let mut programs = Vec::new();
         // `Single` still creates a bpf_link, which the kernel stacks with other links on the
         // cgroup; `AllowMultiple` is rejected by aya 0.14 (see kernel-notes).
-        let id = sock_ops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching lockmesh_sockops to {}", options.cgroup.display()))?;
-        links.push(FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?);
-        let programs = vec![ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: sock_ops.info()?.id() }];
+        {
+            let sock_ops: &mut SockOps = program(&mut ebpf, prog_names::SOCK_OPS)?.try_into()?;
+            sock_ops.load().context("verifying lockmesh_sockops")?;
+            let id =
+                sock_ops.attach(&cgroup, CgroupAttachMode::Single).context("attaching lockmesh_sockops")?;
+            links.push(FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?);
+            programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: sock_ops.info()?.id() });
+        }
+        for name in [prog_names::CONNECT4, prog_names::GETPEERNAME4, prog_names::GETSOCKNAME4] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name}"))?;
+            links.push(FdLink::try_from(prog.take_link(id)?).context("sock_addr link is not an fd link")?);
+            programs.push(ProgramRef { name: name.to_string(), id: prog.info()?.id() });
+        }
 
         tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
         Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links, programs })
@@ -106,6 +114,14 @@ impl Datapath {
 
     pub fn programs(&self) -> &[ProgramRef] {
         &self.programs
+    }
+
+    pub fn capture_map(&mut self) -> anyhow::Result<CaptureMap> {
+        CaptureMap::take(&mut self.ebpf)
+    }
+
+    pub fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
+        OrigDstMap::take(&mut self.ebpf)
     }
 
     pub fn enrolled_map(&mut self) -> anyhow::Result<EnrolledMap> {
@@ -128,6 +144,10 @@ impl Datapath {
         drop(ebpf);
         remove_pins(&pin_dir)
     }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
 /// Removes a node's pin directory (used by `--cleanup` and on clean shutdown).

@@ -3,7 +3,7 @@
 //! ```text
 //! lockmesh-testapp serve --listen 0.0.0.0:8080 --name details     # logs every peer as JSON
 //! lockmesh-testapp echo --listen 0.0.0.0:9000                      # reads to EOF, echoes, closes
-//! lockmesh-testapp get --connect 10.77.2.2:8080 --path /bytes/1000 # prints a JSON result
+//! lockmesh-testapp get --connect 10.77.2.2:8080 --path /bytes/1000 [--count N --interval-ms M]
 //! lockmesh-testapp send --connect 10.77.2.2:9000 --bytes 1000      # half-close round trip
 //! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200       # many open connections
 //! ```
@@ -57,6 +57,7 @@ fn run() -> anyhow::Result<()> {
             args.required("--connect")?.parse()?,
             args.value("--path").unwrap_or("/"),
             args.number("--count", 1)?,
+            Duration::from_millis(args.number("--interval-ms", 0)?),
         ),
         "send" => send(args.required("--connect")?.parse()?, args.number("--bytes", 1000)?),
         "hold" => hold(
@@ -184,8 +185,9 @@ fn echo(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `count` sequential requests on one keep-alive connection; prints one JSON result.
-fn get(addr: SocketAddr, path: &str, count: u64) -> anyhow::Result<()> {
+/// `count` sequential requests on one keep-alive connection, `interval` apart; prints one JSON
+/// result.
+fn get(addr: SocketAddr, path: &str, count: u64, interval: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connect {addr}"))?;
@@ -199,6 +201,9 @@ fn get(addr: SocketAddr, path: &str, count: u64) -> anyhow::Result<()> {
     let (mut status, mut total) = (0u16, 0u64);
     let mut body_text = Vec::new();
     for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
         let connection = if i + 1 == count { "close" } else { "keep-alive" };
         write!(writer, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n\r\n")?;
         let mut status_line = String::new();

@@ -1,5 +1,6 @@
 //! Shared by the end-to-end tests.
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,0 +1,353 @@
+//! Workload identities: SPIFFE certificates signed by the node's CA, renewed at half-life, and
+//! the rustls configurations of both tunnel ends (TLS 1.3 only, AES-GCM, ALPN `h2`, no SNI, no
+//! resumption: what Istio ambient's ztunnel does and expects).
+pub mod ca;
+pub mod spiffe;
+mod verify;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use rustls::{
+    CertificateError, ClientConfig, ServerConfig,
+    client::{ResolvesClientCert, Resumption},
+    crypto::{CryptoProvider, aws_lc_rs},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer as _;
+
+pub use self::verify::{PeerCertError, spiffe_id_of};
+use self::{
+    ca::Ca,
+    verify::{ClientIdentityVerifier, ServerIdentityVerifier, Trust},
+};
+use crate::flows::TlsInfo;
+
+#[derive(Clone, Debug)]
+pub struct IdentityOptions {
+    pub trust_domain: String,
+    /// A plug-in CA in Istio's `cacerts` layout; without one, a self-signed root in `state_dir`.
+    pub ca_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Lifetime of workload certificates; they are renewed at about half of it.
+    pub cert_ttl: Duration,
+    /// Offer the hybrid X25519MLKEM768 key exchange first (costs ≈27% of the handshake rate).
+    pub post_quantum: bool,
+}
+
+/// A workload's current certificate.
+struct Leaf {
+    certified: Arc<CertifiedKey>,
+    serial: String,
+    not_after: OffsetDateTime,
+    renew_at: OffsetDateTime,
+}
+
+/// The certificate of one identity, swapped on renewal; TLS configs resolve through it so that
+/// new handshakes pick up a renewed certificate while open connections keep theirs.
+#[derive(Debug)]
+struct LeafSlot(ArcSwap<Leaf>);
+
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaf").field("serial", &self.serial).finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for LeafSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for LeafSlot {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A certificate as `/readyz` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateStatus {
+    pub identity: String,
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_at: OffsetDateTime,
+}
+
+pub struct Identities {
+    options: IdentityOptions,
+    ca: Ca,
+    provider: Arc<CryptoProvider>,
+    trust: Arc<Trust>,
+    leaves: Mutex<HashMap<String, Arc<LeafSlot>>>,
+    server_configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    client_configs: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
+}
+
+impl Identities {
+    pub fn new(options: &IdentityOptions) -> anyhow::Result<Self> {
+        let ca = match &options.ca_dir {
+            Some(dir) => Ca::load_plugin(dir)?,
+            None => Ca::load_or_create_self_signed(&options.state_dir.join("ca"), &options.trust_domain)?,
+        };
+        tracing::info!(ca = %ca.source, ttl = ?options.cert_ttl, "workload identities ready");
+        let provider = Arc::new(provider(options.post_quantum));
+        let trust = Arc::new(Trust::new(
+            &ca.roots,
+            &options.trust_domain,
+            provider.signature_verification_algorithms,
+        )?);
+        Ok(Self {
+            options: options.clone(),
+            ca,
+            provider,
+            trust,
+            leaves: Mutex::default(),
+            server_configs: Mutex::default(),
+            client_configs: Mutex::default(),
+        })
+    }
+
+    /// Makes sure `identity` has a certificate, issuing one now if needed.
+    pub fn prepare(&self, identity: &str) -> anyhow::Result<()> {
+        self.slot(identity).map(drop)
+    }
+
+    /// The server side of tunnels to workloads running as `identity`.
+    pub fn server_config(&self, identity: &str) -> anyhow::Result<Arc<ServerConfig>> {
+        if let Some(config) = self.server_configs.lock().ok().and_then(|m| m.get(identity).cloned()) {
+            return Ok(config);
+        }
+        let slot = self.slot(identity)?;
+        let verifier = Arc::new(ClientIdentityVerifier { trust: self.trust.clone() });
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 with our provider")?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(slot);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        let config = Arc::new(config);
+        if let Ok(mut map) = self.server_configs.lock() {
+            map.insert(identity.to_string(), config.clone());
+        }
+        Ok(config)
+    }
+
+    /// The client side of a tunnel from `src` that only accepts a server proving `dst`.
+    pub fn client_config(&self, src: &str, dst: &str) -> anyhow::Result<Arc<ClientConfig>> {
+        let key = (src.to_string(), dst.to_string());
+        if let Some(config) = self.client_configs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(config);
+        }
+        let slot = self.slot(src)?;
+        let verifier =
+            Arc::new(ServerIdentityVerifier { trust: self.trust.clone(), expected: dst.to_string() });
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 with our provider")?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(slot);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.enable_sni = false;
+        config.resumption = Resumption::disabled();
+        let config = Arc::new(config);
+        if let Ok(mut map) = self.client_configs.lock() {
+            map.insert(key, config.clone());
+        }
+        Ok(config)
+    }
+
+    /// The certificates held now, for `/readyz`.
+    pub fn certificates(&self) -> Vec<CertificateStatus> {
+        let Ok(map) = self.leaves.lock() else { return Vec::new() };
+        let mut list: Vec<_> = map
+            .iter()
+            .map(|(identity, slot)| {
+                let leaf = slot.0.load();
+                CertificateStatus {
+                    identity: identity.clone(),
+                    serial: leaf.serial.clone(),
+                    not_after: leaf.not_after,
+                    renew_at: leaf.renew_at,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.identity.cmp(&b.identity));
+        list
+    }
+
+    /// Renews every certificate past its renewal time, forever.
+    pub async fn renew_forever(self: Arc<Self>) {
+        let every = (self.options.cert_ttl / 20).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let due: Vec<(String, Arc<LeafSlot>)> = match self.leaves.lock() {
+                Ok(map) => map
+                    .iter()
+                    .filter(|(_, slot)| slot.0.load().renew_at <= OffsetDateTime::now_utc())
+                    .map(|(id, slot)| (id.clone(), slot.clone()))
+                    .collect(),
+                Err(_) => continue,
+            };
+            for (identity, slot) in due {
+                match self.issue(&identity) {
+                    Ok(leaf) => {
+                        tracing::info!(%identity, serial = %leaf.serial, not_after = %leaf.not_after, "certificate renewed");
+                        slot.0.store(Arc::new(leaf));
+                    }
+                    // The old certificate stays in use until it expires; retried next tick.
+                    Err(e) => {
+                        tracing::error!(%identity, error = %format!("{e:#}"), "certificate renewal failed")
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot(&self, identity: &str) -> anyhow::Result<Arc<LeafSlot>> {
+        if let Some(slot) = self.leaves.lock().ok().and_then(|m| m.get(identity).cloned()) {
+            return Ok(slot);
+        }
+        let leaf = self.issue(identity)?;
+        tracing::info!(%identity, serial = %leaf.serial, not_after = %leaf.not_after, "certificate issued");
+        let slot = Arc::new(LeafSlot(ArcSwap::from_pointee(leaf)));
+        let mut map = self.leaves.lock().map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
+        Ok(map.entry(identity.to_string()).or_insert(slot).clone())
+    }
+
+    fn issue(&self, identity: &str) -> anyhow::Result<Leaf> {
+        let spiffe = spiffe::SpiffeId::parse(identity)?;
+        anyhow::ensure!(
+            spiffe.trust_domain == self.options.trust_domain,
+            "{identity} is outside trust domain {}",
+            self.options.trust_domain
+        );
+        let mut random = [0u8; 18];
+        self.provider.secure_random.fill(&mut random).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        let mut serial = [0u8; 16];
+        serial.copy_from_slice(&random[..16]);
+        let ttl = self.options.cert_ttl;
+        let signed = self.ca.issue(identity, ttl, serial)?;
+        let key = self
+            .provider
+            .key_provider
+            .load_private_key(signed.key)
+            .map_err(|e| anyhow::anyhow!("loading the leaf key: {e}"))?;
+        // Renew at half-life, ±10% so that a node's certificates do not all renew at once.
+        let jitter = i16::from_le_bytes([random[16], random[17]]) as f64 / i16::MAX as f64;
+        let renew_after = ttl.as_secs_f64() * (0.5 + 0.1 * jitter);
+        let renew_at = OffsetDateTime::now_utc() + time::Duration::seconds_f64(renew_after);
+        Ok(Leaf {
+            certified: Arc::new(CertifiedKey::new(signed.chain, key)),
+            serial: signed.serial,
+            not_after: signed.not_after,
+            renew_at,
+        })
+    }
+}
+
+/// aws-lc-rs restricted to TLS 1.3's AES-GCM suites (hardware-accelerated, what ztunnel
+/// offers) and X25519 then P-256, with the post-quantum hybrid first when asked for.
+fn provider(post_quantum: bool) -> CryptoProvider {
+    use aws_lc_rs::{cipher_suite, kx_group};
+    let mut provider = aws_lc_rs::default_provider();
+    provider.cipher_suites =
+        vec![cipher_suite::TLS13_AES_128_GCM_SHA256, cipher_suite::TLS13_AES_256_GCM_SHA384];
+    provider.kx_groups = if post_quantum {
+        vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1]
+    } else {
+        vec![kx_group::X25519, kx_group::SECP256R1]
+    };
+    provider
+}
+
+/// What a finished handshake proved about the peer.
+pub struct PeerInfo {
+    pub identity: Option<String>,
+    pub version: String,
+    pub cipher: String,
+    pub serial: Option<String>,
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl PeerInfo {
+    pub fn tls_info(&self) -> TlsInfo {
+        TlsInfo {
+            version: self.version.clone(),
+            cipher: self.cipher.clone(),
+            peer_serial: self.serial.clone(),
+            peer_not_after: self.not_after,
+        }
+    }
+}
+
+pub fn peer_info(state: &rustls::CommonState) -> PeerInfo {
+    let version = match state.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_string(),
+    };
+    let cipher =
+        state.negotiated_cipher_suite().map_or_else(|| "unknown".into(), |s| format!("{:?}", s.suite()));
+    let leaf = state.peer_certificates().and_then(|c| c.first());
+    let identity = leaf.and_then(|der| spiffe_id_of(der).ok()).map(|id| id.to_string());
+    let parsed = leaf.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
+    let serial = parsed.as_ref().map(|(_, cert)| ca::hex(cert.raw_serial()));
+    let not_after = parsed.as_ref().and_then(|(_, cert)| {
+        OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+    });
+    PeerInfo { identity, version, cipher, serial, not_after }
+}
+
+/// A flow `reason` for a failed handshake, from the error tokio-rustls returned.
+pub fn handshake_reason(error: &std::io::Error) -> String {
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return error.to_string();
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Other(other) => other.0.to_string(),
+            CertificateError::UnknownIssuer => {
+                "peer certificate issuer is not trusted (UnknownIssuer)".into()
+            }
+            // Also what a chain from another CA with the same name as ours looks like.
+            CertificateError::BadSignature => {
+                "peer certificate is not signed by a trusted CA (BadSignature)".into()
+            }
+            CertificateError::Expired => "peer certificate expired".into(),
+            CertificateError::NotValidYet => "peer certificate not valid yet".into(),
+            CertificateError::InvalidPurpose => {
+                "peer certificate not allowed for this side (extended key usage)".into()
+            }
+            other => format!("peer certificate refused: {other:?}"),
+        },
+        rustls::Error::AlertReceived(alert) => format!("peer refused the handshake (TLS alert {alert:?})"),
+        rustls::Error::NoApplicationProtocol => "peer does not speak HBONE (no ALPN h2)".into(),
+        rustls::Error::NoCertificatesPresented => "peer presented no certificate".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

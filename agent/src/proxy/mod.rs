@@ -1,0 +1,178 @@
+//! The per-node tunnel engine (tokio): for each enrolled pod, listeners inside the pod's
+//! namespace — 127.0.0.1:15001 for captured outbound connections, 0.0.0.0:15008 for HBONE from
+//! other engines — and the pool of HBONE connections to peers. Enrolment opens and closes them
+//! live.
+mod copy;
+pub mod hbone;
+mod inbound;
+mod outbound;
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use lockmesh_common::engine;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    enrolment::EnrolledWorkload,
+    flows::FlowSink,
+    identity::Identities,
+    kernel::OrigDstMap,
+    model::{ObjectKey, Workload},
+    podnet,
+    sockets::PodSockets,
+};
+
+/// What every connection handler needs.
+pub struct EngineContext {
+    pub identities: Arc<Identities>,
+    pub sink: FlowSink,
+    pub orig_dst: Mutex<OrigDstMap>,
+    pub pool: Arc<hbone::Pool>,
+    /// HTTP/2 streams per HBONE connection, both directions.
+    pub max_streams: u32,
+}
+
+/// One enrolled pod as the engine serves it.
+pub struct PodProxy {
+    pub workload: Arc<Workload>,
+    pub identity: Arc<str>,
+    pub ip: Ipv4Addr,
+    pub netns_cookie: u64,
+    pub sockets: PodSockets,
+    pub connections: Connections,
+}
+
+/// Counts a pod's open connections, so that unenrolment and shutdown can wait for them.
+#[derive(Default)]
+pub struct Connections(Arc<AtomicUsize>);
+
+pub struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Connections {
+    pub fn track(&self) -> ConnectionGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.0.clone())
+    }
+
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Running {
+    proxy: Arc<PodProxy>,
+    stop: CancellationToken,
+}
+
+pub struct Engine {
+    ctx: Arc<EngineContext>,
+    pods: HashMap<ObjectKey, Running>,
+}
+
+impl Engine {
+    pub fn new(identities: Arc<Identities>, sink: FlowSink, orig_dst: OrigDstMap, max_streams: u32) -> Self {
+        let pool = hbone::Pool::new(identities.clone(), max_streams);
+        let ctx = EngineContext { identities, sink, orig_dst: Mutex::new(orig_dst), pool, max_streams };
+        Self { ctx: Arc::new(ctx), pods: HashMap::new() }
+    }
+
+    pub fn pool(&self) -> Arc<hbone::Pool> {
+        self.ctx.pool.clone()
+    }
+
+    /// Starts serving pods it does not serve yet, and restarts pods whose namespace, identity
+    /// or address changed. Runs before the kernel steers traffic to new pods.
+    pub async fn serve<'a>(
+        &mut self,
+        pods: impl IntoIterator<Item = &'a EnrolledWorkload>,
+        trust_domain: &str,
+    ) {
+        for pod in pods {
+            let key = &pod.workload.key;
+            if let Some(running) = self.pods.get(key) {
+                let same = pod.netns.cookie() == running.proxy.netns_cookie
+                    && *running.proxy.identity == *pod.workload.identity(trust_domain)
+                    && pod.workload.primary_address() == Some(running.proxy.ip);
+                if same {
+                    continue;
+                }
+                if let Some(old) = self.pods.remove(key) {
+                    old.stop.cancel();
+                }
+            }
+            match self.start(pod, trust_domain).await {
+                Ok(running) => {
+                    tracing::info!(pod = %key, ip = %running.proxy.ip, "engine serving pod on 127.0.0.1:15001 and :15008");
+                    self.pods.insert(key.clone(), running);
+                }
+                Err(e) => tracing::error!(pod = %key, error = format!("{e:#}"), "engine cannot serve pod"),
+            }
+        }
+    }
+
+    /// Stops serving pods that are no longer enrolled. Runs after the kernel stopped steering
+    /// their traffic here.
+    pub async fn retire<'a>(&mut self, pods: impl IntoIterator<Item = &'a EnrolledWorkload>) {
+        let keep: std::collections::HashSet<&ObjectKey> = pods.into_iter().map(|p| &p.workload.key).collect();
+        let gone: Vec<ObjectKey> = self.pods.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for key in gone {
+            if let Some(running) = self.pods.remove(&key) {
+                running.stop.cancel();
+                if let Err(e) = podnet::undo(running.proxy.sockets.netns()).await {
+                    tracing::debug!(pod = %key, error = %e, "cleaning the pod's routing (it may be gone)");
+                }
+                tracing::info!(pod = %key, open = running.proxy.connections.open(), "engine stopped serving pod");
+            }
+        }
+    }
+
+    async fn start(&self, pod: &EnrolledWorkload, trust_domain: &str) -> anyhow::Result<Running> {
+        let ip = pod.workload.primary_address().ok_or_else(|| anyhow::anyhow!("workload has no address"))?;
+        let sockets = PodSockets::new(pod.netns.clone());
+        podnet::prepare(&pod.netns).await?;
+        let outbound = sockets.listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), engine::OUTBOUND_PORT))?;
+        let inbound = sockets.listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), engine::HBONE_PORT))?;
+        let proxy = Arc::new(PodProxy {
+            workload: pod.workload.clone(),
+            identity: pod.workload.identity(trust_domain).into(),
+            ip,
+            netns_cookie: pod.netns.cookie(),
+            sockets,
+            connections: Connections::default(),
+        });
+        // Issue the pod's certificate now, not on its first connection.
+        self.ctx.identities.prepare(&proxy.identity)?;
+        let stop = CancellationToken::new();
+        tokio::spawn(outbound::serve(self.ctx.clone(), proxy.clone(), outbound, stop.clone()));
+        tokio::spawn(inbound::serve(self.ctx.clone(), proxy.clone(), inbound, stop.clone()));
+        Ok(Running { proxy, stop })
+    }
+
+    /// Stops accepting everywhere and waits up to `grace` for open connections to finish.
+    pub async fn drain(&mut self, grace: Duration) {
+        for running in self.pods.values() {
+            running.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.pods.values().any(|r| r.proxy.connections.open() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.pods.clear();
+    }
+}
