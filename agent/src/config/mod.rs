@@ -163,11 +163,10 @@ impl<T: Clone> Unique<T> {
 
 /// Istio applies one policy without selector per namespace (the oldest) and ignores the others.
 fn shadowed_peer_authentications(all: &Unique<PeerAuthentication>, errors: &mut Vec<ConfigError>) {
-    let mut by_namespace: BTreeMap<&str, Vec<(&PathBuf, Option<usize>, &PeerAuthentication)>> =
-        BTreeMap::new();
-    for (path, document, pa) in all.0.values() {
-        if !pa.has_selector() {
-            by_namespace.entry(pa.key.namespace.as_str()).or_default().push((path, *document, pa));
+    let mut by_namespace: BTreeMap<&str, Vec<&Located<PeerAuthentication>>> = BTreeMap::new();
+    for located in all.0.values() {
+        if !located.2.has_selector() {
+            by_namespace.entry(located.2.key.namespace.as_str()).or_default().push(located);
         }
     }
     for policies in by_namespace.values_mut() {
@@ -178,7 +177,7 @@ fn shadowed_peer_authentications(all: &Unique<PeerAuthentication>, errors: &mut 
         for (path, document, pa) in rest.iter().copied() {
             errors.push(ConfigError::warning(
                 path,
-                document,
+                *document,
                 Some(&ObjectId::new("PeerAuthentication", &pa.key)),
                 None,
                 format!(
@@ -246,5 +245,7 @@ fn is_config_file(path: &Path) -> bool {
     yaml && !hidden && path.is_file()
 }
 
+#[cfg(test)]
+mod kinds_tests;
 #[cfg(test)]
 mod tests;
