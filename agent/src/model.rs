@@ -189,3 +189,25 @@ pub fn creation_order(
         name(a.1).cmp(&name(b.1))
     })
 }
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Disable => "DISABLE",
+            Self::Simple => "SIMPLE",
+            Self::Mutual => "MUTUAL",
+            Self::IstioMutual => "ISTIO_MUTUAL",
+        })
+    }
+}
+
+impl fmt::Display for PeerMtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unset => "UNSET",
+            Self::Disable => "DISABLE",
+            Self::Permissive => "PERMISSIVE",
+            Self::Strict => "STRICT",
+        })
+    }
+}
