@@ -30,7 +30,8 @@ use crate::model::{
 /// Where a client connects.
 #[derive(Clone, Copy, Debug)]
 pub enum Destination<'a> {
-    /// A Service's port, load-balanced to `endpoint`.
+    /// A Service's port, load-balanced to `endpoint`. The endpoint's port is the TCP service
+    /// port's target port (`port` itself if the service does not list it).
     Service { service: &'a Service, port: u16, endpoint: &'a Workload },
     /// A workload's IP dialed directly, on `port` (a workload port). Istio applies the rules of the
     /// Service selecting the pod on that port (the first by `namespace/name` if several).
