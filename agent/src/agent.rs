@@ -135,7 +135,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let reload = |config: &mut ConfigDir, state: &mut ClusterState| match config.reload() {
         Ok(reload) => {
             for error in &reload.errors {
-                tracing::error!(%error, "config error; keeping the last good version of what it describes");
+                if error.is_warning() {
+                    tracing::warn!(%error, "config warning; the object is used as described");
+                } else {
+                    tracing::error!(%error, "config error; keeping the last good version of what it describes");
+                }
             }
             if let Ok(mut errors) = readiness.config_errors.lock() {
                 *errors = reload.errors.iter().map(ToString::to_string).collect();

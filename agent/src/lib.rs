@@ -1,6 +1,6 @@
 //! lockmesh: a sidecar-less mTLS data plane. The node agent (`agent`), its sources of truth
-//! (`config`, `model`), what it derives (`inventory`, `enrolment`), the kernel side (`kernel`),
-//! and what it reports (`flows`, `admin`).
+//! (`config`, `model`), what it derives (`inventory`, `enrolment`, `policy`), the kernel side
+//! (`kernel`), and what it reports (`flows`, `admin`).
 pub mod admin;
 pub mod agent;
 pub mod cli;
@@ -15,5 +15,6 @@ pub mod kernel;
 pub mod model;
 pub mod netns;
 pub mod podnet;
+pub mod policy;
 pub mod proxy;
 pub mod sockets;

@@ -11,6 +11,8 @@ enum Kind {
     Io,
     Syntax,
     Invalid,
+    /// Accepted by Istio but (partly) ignored by it or by lockmesh; the object is kept.
+    Warning,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +85,29 @@ impl ConfigError {
         }
     }
 
+    /// Something Istio accepts but ignores (or lockmesh does not honour); the object is kept.
+    pub(super) fn warning(
+        path: &Path,
+        document: Option<usize>,
+        object: Option<&ObjectId>,
+        field: Option<String>,
+        message: String,
+    ) -> Self {
+        Self {
+            kind: Kind::Warning,
+            file: path.to_path_buf(),
+            document,
+            object: object.map(ToString::to_string),
+            field,
+            message,
+        }
+    }
+
+    /// A warning: log it, but nothing was rejected.
+    pub fn is_warning(&self) -> bool {
+        self.kind == Kind::Warning
+    }
+
     /// The file is not valid YAML at all.
     pub fn is_syntax(&self) -> bool {
         self.kind == Kind::Syntax
@@ -91,6 +116,9 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_warning() {
+            write!(f, "warning: ")?;
+        }
         write!(f, "{}", self.file.display())?;
         if let Some(doc) = self.document {
             write!(f, ", document {doc}")?;

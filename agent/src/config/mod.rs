@@ -1,11 +1,15 @@
 //! The local config dir: every `*.yaml`/`*.yml` file in a directory, multi-document, holding
-//! lockmesh's own kinds (and, later, Istio's and Kubernetes' kinds) — the embedded default source
-//! when there is no Kubernetes API.
+//! lockmesh's own kinds (`Workload`), Kubernetes `Service`s and Istio's `PeerAuthentication` and
+//! `DestinationRule` — the embedded default source when there is no Kubernetes API.
 //!
 //! Errors name the file, the document and the field. A broken file or object never takes the
 //! agent down: the last good version of what it described stays in force (see [`ConfigDir`]).
+//! Warnings ([`ConfigError::is_warning`]) report what Istio would accept but ignore, or what
+//! lockmesh does not honour; the object is kept.
 mod error;
+mod istio;
 mod objects;
+mod service;
 pub mod watch;
 
 use std::{
@@ -16,13 +20,17 @@ use std::{
 };
 
 pub use error::ConfigError;
-use objects::{ObjectId, ParsedObject, parse_file};
+use objects::{Object, ObjectId, ParsedObject, parse_file};
 
-use crate::model::{ClusterState, Workload};
+use crate::model::{ClusterState, ObjectKey, PeerAuthentication, Workload, creation_order};
+
+/// Istio's default root namespace: where mesh-wide policies live.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 /// The config dir and, per file, the objects of its last good read.
 pub struct ConfigDir {
     dir: PathBuf,
+    root_namespace: String,
     files: BTreeMap<PathBuf, Vec<ParsedObject>>,
 }
 
@@ -36,7 +44,13 @@ pub struct Reload {
 
 impl ConfigDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new() }
+        Self { dir: dir.into(), root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(), files: BTreeMap::new() }
+    }
+
+    /// Sets Istio's root namespace (`istio-system` by default), for the warnings that need it.
+    pub fn with_root_namespace(mut self, root_namespace: impl Into<String>) -> Self {
+        self.root_namespace = root_namespace.into();
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -56,7 +70,7 @@ impl ConfigDir {
             let previous = self.files.remove(&path).unwrap_or_default();
             let objects = match fs::read_to_string(&path) {
                 Ok(text) => {
-                    let (parsed, file_errors) = parse_file(&path, &text);
+                    let (parsed, file_errors) = parse_file(&path, &text, &self.root_namespace);
                     if file_errors.iter().any(ConfigError::is_syntax) {
                         // The file is unreadable as YAML: keep everything it held before.
                         errors.extend(file_errors);
@@ -81,46 +95,115 @@ impl ConfigDir {
 
     fn state(&self) -> (ClusterState, Vec<ConfigError>) {
         let mut errors = Vec::new();
-        let mut workloads: BTreeMap<_, (PathBuf, Arc<Workload>)> = BTreeMap::new();
+        let mut workloads = Unique::default();
+        let mut services = Unique::default();
+        let mut peer_authentications = Unique::default();
+        let mut destination_rules = Unique::default();
         for (path, objects) in &self.files {
             for object in objects {
+                let at = (path, object);
                 match &object.kind {
-                    objects::Object::Workload(w) => {
-                        if let Some((first, _)) = workloads.get(&w.key) {
-                            errors.push(ConfigError::object(
-                                path,
-                                object.document,
-                                &object.id,
-                                None,
-                                format!("duplicate Workload, already defined in {}", first.display()),
-                            ));
-                            continue;
-                        }
-                        workloads.insert(w.key.clone(), (path.clone(), Arc::new(w.clone())));
-                    }
+                    Object::Workload(w) => workloads.insert(at, &w.key, w, &mut errors),
+                    Object::Service(s) => services.insert(at, &s.key, s, &mut errors),
+                    Object::PeerAuthentication(p) => peer_authentications.insert(at, &p.key, p, &mut errors),
+                    Object::DestinationRule(d) => destination_rules.insert(at, &d.key, d, &mut errors),
                 }
             }
         }
-        let workloads = drop_address_conflicts(workloads, &mut errors);
-        (ClusterState { workloads }, errors)
+        shadowed_peer_authentications(&peer_authentications, &mut errors);
+        let workloads = drop_address_conflicts(workloads.0, &mut errors);
+        let state = ClusterState {
+            workloads,
+            services: services.into_values(),
+            peer_authentications: peer_authentications.into_values(),
+            destination_rules: destination_rules.into_values(),
+        };
+        (state, errors)
+    }
+}
+
+/// An object with the file and document that defined it.
+type Located<T> = (PathBuf, Option<usize>, Arc<T>);
+
+/// Objects of one kind by key.
+struct Unique<T>(BTreeMap<ObjectKey, Located<T>>);
+
+impl<T> Default for Unique<T> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<T: Clone> Unique<T> {
+    /// Keeps the first definition of a key (by file, then document order); reports the others.
+    fn insert(
+        &mut self,
+        (path, object): (&PathBuf, &ParsedObject),
+        key: &ObjectKey,
+        value: &T,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        if let Some((first, _, _)) = self.0.get(key) {
+            errors.push(ConfigError::object(
+                path,
+                object.document,
+                &object.id,
+                None,
+                format!("duplicate {}, already defined in {}", object.id.kind, first.display()),
+            ));
+            return;
+        }
+        self.0.insert(key.clone(), (path.clone(), object.document, Arc::new(value.clone())));
+    }
+
+    fn into_values(self) -> Vec<Arc<T>> {
+        self.0.into_values().map(|(_, _, v)| v).collect()
+    }
+}
+
+/// Istio applies one policy without selector per namespace (the oldest) and ignores the others.
+fn shadowed_peer_authentications(all: &Unique<PeerAuthentication>, errors: &mut Vec<ConfigError>) {
+    let mut by_namespace: BTreeMap<&str, Vec<&Located<PeerAuthentication>>> = BTreeMap::new();
+    for located in all.0.values() {
+        if !located.2.has_selector() {
+            by_namespace.entry(located.2.key.namespace.as_str()).or_default().push(located);
+        }
+    }
+    for policies in by_namespace.values_mut() {
+        policies.sort_by(|a, b| {
+            creation_order((a.2.creation_timestamp, &a.2.key), (b.2.creation_timestamp, &b.2.key))
+        });
+        let Some(((_, _, winner), rest)) = policies.split_first() else { continue };
+        for (path, document, pa) in rest.iter().copied() {
+            errors.push(ConfigError::warning(
+                path,
+                *document,
+                Some(&ObjectId::new("PeerAuthentication", &pa.key)),
+                None,
+                format!(
+                    "PeerAuthentication {} (older) already applies to namespace {}; this one is ignored",
+                    winner.key, pa.key.namespace
+                ),
+            ));
+        }
     }
 }
 
 /// Two workloads claiming one address would make flows and identities ambiguous: the one defined
 /// later (by file, then document order) is left out.
 fn drop_address_conflicts(
-    workloads: BTreeMap<crate::model::ObjectKey, (PathBuf, Arc<Workload>)>,
+    workloads: BTreeMap<ObjectKey, Located<Workload>>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Arc<Workload>> {
     let mut ordered: Vec<_> = workloads.into_values().collect();
-    ordered.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut owners: BTreeMap<std::net::Ipv4Addr, crate::model::ObjectKey> = BTreeMap::new();
+    ordered.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut owners: BTreeMap<std::net::Ipv4Addr, ObjectKey> = BTreeMap::new();
     let mut kept = Vec::new();
-    for (path, w) in ordered {
+    for (path, document, w) in ordered {
         if let Some((ip, owner)) = w.addresses.iter().find_map(|ip| owners.get(ip).map(|o| (ip, o))) {
             errors.push(ConfigError::object(
                 &path,
-                None,
+                document,
                 &ObjectId::new("Workload", &w.key),
                 Some("spec.addresses".into()),
                 format!("address {ip} already belongs to Workload {owner}; workload ignored"),
@@ -162,5 +245,7 @@ fn is_config_file(path: &Path) -> bool {
     yaml && !hidden && path.is_file()
 }
 
+#[cfg(test)]
+mod kinds_tests;
 #[cfg(test)]
 mod tests;

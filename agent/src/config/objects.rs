@@ -10,7 +10,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
 use super::ConfigError;
-use crate::model::{ObjectKey, Workload};
+use crate::model::{DestinationRule, ObjectKey, PeerAuthentication, Service, Workload};
 
 pub const LOCKMESH_API: &str = "lockmesh.io/v1alpha1";
 
@@ -36,6 +36,9 @@ impl fmt::Display for ObjectId {
 #[derive(Clone, Debug)]
 pub enum Object {
     Workload(Workload),
+    Service(Service),
+    PeerAuthentication(PeerAuthentication),
+    DestinationRule(DestinationRule),
 }
 
 /// An object and where it came from.
@@ -47,10 +50,11 @@ pub struct ParsedObject {
 }
 
 /// Parses every document of a file. Each entry is an object, or the id of the object a broken
-/// document meant (when that much could be read).
+/// document meant (when that much could be read). Warnings come with the errors.
 pub fn parse_file(
     path: &Path,
     text: &str,
+    root_namespace: &str,
 ) -> (Vec<Result<ParsedObject, Option<ObjectId>>>, Vec<ConfigError>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -66,8 +70,14 @@ pub fn parse_file(
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        match parse_document(path, number, value) {
-            Ok(Some(object)) => objects.push(Ok(object)),
+        let doc = Document { path, number, root_namespace };
+        match parse_document(&doc, value) {
+            Ok(Some((object, warnings))) => {
+                errors.extend(warnings.into_iter().map(|(field, message)| {
+                    ConfigError::warning(path, Some(number), Some(&object.id), field, message)
+                }));
+                objects.push(Ok(object));
+            }
             Ok(None) => {}
             Err(boxed) => {
                 let (id, error) = *boxed;
@@ -81,32 +91,86 @@ pub fn parse_file(
 
 type DocumentError = Box<(Option<ObjectId>, ConfigError)>;
 
-fn parse_document(path: &Path, number: usize, value: Value) -> Result<Option<ParsedObject>, DocumentError> {
-    let invalid = |id: Option<&ObjectId>, field: &str, message: String| {
-        Box::new((id.cloned(), ConfigError::invalid(path, number, id, Some(field.to_string()), message)))
-    };
+/// A warning about an object that is kept: the field (when one is to blame) and the message.
+pub type Warning = (Option<String>, String);
+
+/// Where a document is, and what its parsing needs to know.
+pub struct Document<'a> {
+    pub path: &'a Path,
+    pub number: usize,
+    pub root_namespace: &'a str,
+}
+
+impl Document<'_> {
+    fn invalid(&self, id: Option<&ObjectId>, field: &str, message: String) -> DocumentError {
+        Box::new((id.cloned(), ConfigError::invalid(self.path, self.number, id, Some(field.into()), message)))
+    }
+
+    /// Deserializes the document as `D`, then builds the object with `build`.
+    fn build<D: DeserializeOwned>(
+        &self,
+        id: Option<ObjectId>,
+        value: Value,
+        build: impl FnOnce(D) -> Result<(Object, Vec<Warning>), FieldError>,
+    ) -> Result<Option<(ParsedObject, Vec<Warning>)>, DocumentError> {
+        let Some(id) = id else {
+            return Err(self.invalid(None, "metadata.name", "missing or not a string".into()));
+        };
+        let doc: D = typed(self.path, self.number, &id, value)?;
+        let (kind, warnings) = build(doc).map_err(|(field, msg)| self.invalid(Some(&id), &field, msg))?;
+        Ok(Some((ParsedObject { id, document: Some(self.number), kind }, warnings)))
+    }
+}
+
+const PEER_AUTHENTICATION_APIS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+const DESTINATION_RULE_APIS: &[&str] =
+    &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+
+fn parse_document(
+    doc: &Document<'_>,
+    value: Value,
+) -> Result<Option<(ParsedObject, Vec<Warning>)>, DocumentError> {
     let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(invalid(None, "kind", "missing or not a string".into()));
+        return Err(doc.invalid(None, "kind", "missing or not a string".into()));
     };
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     let id = object_id(&kind, &value);
+    let wrong_version = |supported: &[&str]| {
+        doc.invalid(
+            id.as_ref(),
+            "apiVersion",
+            format!("{kind} needs apiVersion {}, found {api_version:?}", supported.join(" or ")),
+        )
+    };
+    let root = doc.root_namespace;
 
     match kind.as_str() {
         "Workload" if api_version == LOCKMESH_API => {
-            let Some(id) = id else {
-                return Err(invalid(None, "metadata.name", "missing or not a string".into()));
-            };
-            let doc: WorkloadDoc = typed(path, number, &id, value)?;
-            let workload = doc.into_model().map_err(|(field, msg)| invalid(Some(&id), &field, msg))?;
-            Ok(Some(ParsedObject { id, document: Some(number), kind: Object::Workload(workload) }))
+            doc.build(id, value, |d: WorkloadDoc| Ok((Object::Workload(d.into_model()?), Vec::new())))
         }
-        "Workload" => Err(invalid(
-            id.as_ref(),
-            "apiVersion",
-            format!("Workload needs apiVersion {LOCKMESH_API}, found {api_version:?}"),
-        )),
+        "Workload" => Err(wrong_version(&[LOCKMESH_API])),
+        "Service" if api_version == "v1" => doc
+            .build(id, value, |d: super::service::ServiceDoc| Ok((Object::Service(d.into_model()?), vec![]))),
+        "PeerAuthentication" if PEER_AUTHENTICATION_APIS.contains(&api_version.as_str()) => {
+            doc.build(id, value, |d: super::istio::PeerAuthenticationDoc| {
+                let (pa, warnings) = d.into_model(root)?;
+                Ok((Object::PeerAuthentication(pa), warnings))
+            })
+        }
+        "PeerAuthentication" if api_version.starts_with("security.istio.io/") => {
+            Err(wrong_version(PEER_AUTHENTICATION_APIS))
+        }
+        "DestinationRule" if DESTINATION_RULE_APIS.contains(&api_version.as_str()) => {
+            doc.build(id, value, |d: super::istio::DestinationRuleDoc| {
+                let (dr, warnings) = d.into_model()?;
+                Ok((Object::DestinationRule(dr), warnings))
+            })
+        }
+        "DestinationRule" if api_version.starts_with("networking.istio.io/") => {
+            Err(wrong_version(DESTINATION_RULE_APIS))
+        }
         _ => {
-            tracing::debug!(file = %path.display(), document = number, %kind, %api_version, "skipping document of a kind lockmesh does not use");
+            tracing::debug!(file = %doc.path.display(), document = doc.number, %kind, %api_version, "skipping document of a kind lockmesh does not use");
             Ok(None)
         }
     }
@@ -147,6 +211,26 @@ pub struct Metadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+}
+
+impl Metadata {
+    /// The validated `namespace/name` (namespace `default` when absent, as `kubectl apply` does).
+    pub fn key(&self) -> Result<ObjectKey, FieldError> {
+        let namespace = self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        check_dns_label("metadata.namespace", &namespace)?;
+        check_dns_subdomain("metadata.name", &self.name)?;
+        Ok(ObjectKey::new(namespace, self.name.clone()))
+    }
+
+    /// `creationTimestamp`, RFC 3339 as Kubernetes writes it.
+    pub fn creation_timestamp(&self) -> Result<Option<time::OffsetDateTime>, FieldError> {
+        let Some(text) = &self.creation_timestamp else { return Ok(None) };
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map(Some).map_err(
+            |e| ("metadata.creationTimestamp".into(), format!("{text:?} is not an RFC 3339 time: {e}")),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -167,13 +251,11 @@ struct WorkloadSpec {
     netns: Option<PathBuf>,
 }
 
-type FieldError = (String, String);
+pub type FieldError = (String, String);
 
 impl WorkloadDoc {
     fn into_model(self) -> Result<Workload, FieldError> {
-        let namespace = self.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        check_dns_label("metadata.namespace", &namespace)?;
-        check_dns_subdomain("metadata.name", &self.metadata.name)?;
+        let key = self.metadata.key()?;
         let service_account = self.spec.service_account.unwrap_or_else(|| "default".to_string());
         check_dns_subdomain("spec.serviceAccount", &service_account)?;
         if self.spec.node.is_empty() {
@@ -195,7 +277,7 @@ impl WorkloadDoc {
             return Err(("spec.netns".into(), format!("{} is not an absolute path", netns.display())));
         }
         Ok(Workload {
-            key: ObjectKey::new(namespace, self.metadata.name),
+            key,
             labels: self.metadata.labels,
             node: self.spec.node,
             service_account,
@@ -206,7 +288,7 @@ impl WorkloadDoc {
 }
 
 /// RFC 1123 label: what Kubernetes requires of namespace names.
-fn check_dns_label(field: &str, value: &str) -> Result<(), FieldError> {
+pub fn check_dns_label(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -223,7 +305,7 @@ fn check_dns_label(field: &str, value: &str) -> Result<(), FieldError> {
 }
 
 /// RFC 1123 subdomain: what Kubernetes requires of most object names.
-fn check_dns_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
+pub fn check_dns_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value.split('.').all(|label| check_dns_label(field, label).is_ok());

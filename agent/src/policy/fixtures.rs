@@ -1,0 +1,78 @@
+//! Test fixtures: cluster states read from YAML, as users write it.
+use std::{fs, sync::Arc};
+
+use super::MeshParams;
+use crate::{
+    config::ConfigDir,
+    model::{ClusterState, Service, Workload},
+};
+
+pub fn params() -> MeshParams {
+    MeshParams::default()
+}
+
+/// The state a config dir holding `yaml` yields; fails on errors (warnings are fine).
+pub fn state(yaml: &str) -> ClusterState {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+    let reload = ConfigDir::new(dir.path()).reload().unwrap();
+    let errors: Vec<_> = reload.errors.iter().filter(|e| !e.is_warning()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    reload.state
+}
+
+/// A Workload document.
+pub fn workload(namespace: &str, name: &str, labels: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: lockmesh.io/v1alpha1
+kind: Workload
+metadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}
+spec: {{node: node1, addresses: [{ip}]}}
+---
+"
+    )
+}
+
+/// A PeerAuthentication document; `extra` is added to `metadata` (e.g. a creationTimestamp).
+pub fn peer_auth(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}, namespace: {namespace}{extra}}}
+spec: {spec}
+---
+"
+    )
+}
+
+/// A DestinationRule document.
+pub fn dest_rule(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {namespace}{extra}}}
+spec: {spec}
+---
+"
+    )
+}
+
+/// A Service document.
+pub fn service(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {spec}
+---
+"
+    )
+}
+
+pub fn find_workload<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Workload> {
+    state.workloads.iter().find(|w| w.key.to_string() == key).unwrap()
+}
+
+pub fn find_svc<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Service> {
+    state.services.iter().find(|s| s.key.to_string() == key).unwrap()
+}

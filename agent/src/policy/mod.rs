@@ -1,0 +1,45 @@
+//! What Istio's policies mean for a connection, as pure functions over a [`ClusterState`]:
+//!
+//! - [`peer`]: which mTLS mode a workload's server side enforces (PeerAuthentication);
+//! - [`services`]: Services, their hosts, endpoints and ports;
+//! - [`destination`]: whether a client uses mesh mTLS towards a destination (DestinationRule,
+//!   auto mTLS).
+//!
+//! The rules follow Istio's (pilot's) resolution; where the model lacks something Istio has, the
+//! function's documentation says what is done instead.
+//!
+//! [`ClusterState`]: crate::model::ClusterState
+pub mod destination;
+pub mod peer;
+pub mod services;
+
+pub use destination::{Destination, Outbound, outbound_tls};
+pub use peer::{MtlsMode, Resolved, WorkloadMtls, effective_mtls, workload_mtls};
+pub use services::{
+    endpoints, find_service, selects, service_by_cluster_ip, service_for_workload_port, service_fqdn,
+    services_for_workload_port, target_port,
+};
+
+/// Mesh-wide settings the resolution depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshParams {
+    /// Istio's root (config) namespace: its policies without selector are mesh-wide.
+    pub root_namespace: String,
+    /// The cluster's DNS domain, as in `name.namespace.svc.<domain>`.
+    pub domain: String,
+}
+
+impl Default for MeshParams {
+    fn default() -> Self {
+        Self { root_namespace: "istio-system".into(), domain: "cluster.local".into() }
+    }
+}
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests_destination;
+#[cfg(test)]
+mod tests_peer;
+#[cfg(test)]
+mod tests_services;
