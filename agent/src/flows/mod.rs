@@ -6,6 +6,6 @@ mod sink;
 mod table;
 
 pub use kernel::KernelFlows;
-pub use record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, TlsInfo, Verdict};
+pub use record::{Encryption, Endpoint, FlowPolicy, FlowRecord, Reporter, SCHEMA, TlsInfo, Verdict};
 pub use sink::{FlowSink, ipv4};
 pub use table::{FlowLimits, FlowStats, FlowTable};

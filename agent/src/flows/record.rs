@@ -30,6 +30,13 @@ pub struct FlowRecord {
     pub verdict: Verdict,
     /// Why the verdict, when it is not a plain `forwarded`.
     pub reason: Option<String>,
+    /// The effective mTLS mode of the server's port (`STRICT`, `PERMISSIVE`, `DISABLE`) when
+    /// the server is a mesh workload.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The Istio objects that decided how the flow was handled.
+    #[serde(default)]
+    pub policy: FlowPolicy,
     /// The mutual TLS session that carried the flow (`null` for plaintext).
     pub tls: Option<TlsInfo>,
     /// Bytes from client to server.
@@ -38,6 +45,15 @@ pub struct FlowRecord {
     pub bytes_received: u64,
     /// `end - start` once the flow is closed.
     pub duration_ms: Option<u64>,
+}
+
+/// The Istio objects behind a flow, as `namespace/name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPolicy {
+    /// The PeerAuthentication that set the server's mode (`null`: Istio's default PERMISSIVE).
+    pub peer_authentication: Option<String>,
+    /// The DestinationRule whose TLS mode the client side used (`null`: auto mTLS).
+    pub destination_rule: Option<String>,
 }
 
 /// One end of a flow. Workload fields come from the inventory (by address, or by the pod's own

@@ -82,6 +82,8 @@ impl FlowSink {
             encryption,
             verdict: Verdict::Forwarded,
             reason: None,
+            mode: None,
+            policy: Default::default(),
             tls: None,
             bytes_sent: 0,
             bytes_received: 0,

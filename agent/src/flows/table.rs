@@ -156,6 +156,8 @@ mod tests {
             encryption: Encryption::Plaintext,
             verdict: Verdict::Forwarded,
             reason: None,
+            mode: None,
+            policy: Default::default(),
             tls: None,
             bytes_sent: 0,
             bytes_received: 0,
