@@ -1,6 +1,7 @@
 //! The node agent: sources → cluster state → desired state → kernel maps + engine; kernel
 //! events and engine connections → flows.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -14,13 +15,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
     config::{ConfigDir, watch::DirWatch},
+    desired::StrictExemption,
     desired::{self, Classes},
     enrolment::Enrolment,
     flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
-    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap},
-    model::ClusterState,
+    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, StrictMap},
+    model::{ClusterState, ObjectKey},
+    podnet,
+    policy::MeshParams,
     proxy::Engine,
 };
 
@@ -37,6 +41,10 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// HTTP/2 streams per HBONE connection.
     pub hbone_max_streams: u32,
+    /// Istio's root namespace and the cluster domain.
+    pub mesh: MeshParams,
+    /// Sources allowed to reach STRICT ports in plaintext (health probes).
+    pub strict_exemptions: Vec<StrictExemption>,
 }
 
 /// How often workloads whose namespace is missing are retried, and kernel counters read.
@@ -48,14 +56,19 @@ struct Node {
     inventory: Arc<ArcSwap<Inventory>>,
     enrolment: Enrolment,
     classes: Classes,
+    datapath: Datapath,
     enrolled_map: EnrolledMap,
     capture_map: CaptureMap,
+    strict_map: StrictMap,
+    exempt_map: ExemptMap,
+    /// Each enrolled pod's host-side interface carrying the STRICT guard, by pod and netns.
+    guards: HashMap<ObjectKey, (u64, String)>,
     engine: Engine,
 }
 
 impl Node {
     /// Brings kernel maps and engine in line with `state`.
-    async fn apply(&mut self, state: &ClusterState) -> anyhow::Result<()> {
+    async fn apply(&mut self, state: &Arc<ClusterState>) -> anyhow::Result<()> {
         let changes = self.enrolment.reconcile(&self.options.node, state);
         for key in &changes.enrolled {
             tracing::info!(workload = %key, "enrolled");
@@ -70,20 +83,74 @@ impl Node {
         self.inventory.store(Arc::new(Inventory::new(
             &self.options.node,
             &self.options.trust_domain,
-            state,
+            &self.options.mesh,
+            state.clone(),
             self.enrolment.pods().map(|p| (p.netns.cookie(), p.workload.clone())),
         )));
         // The engine listens before the kernel steers anything to it, and stops only after the
         // kernel stopped.
         self.engine.serve(self.enrolment.pods(), &self.options.trust_domain).await;
-        let kernel = desired::kernel_state(state, &self.enrolment, &mut self.classes);
+        let kernel = desired::kernel_state(
+            state,
+            &self.options.mesh,
+            &self.enrolment,
+            &mut self.classes,
+            &self.options.strict_exemptions,
+        );
         let (added, removed) = self.enrolled_map.sync(&kernel.enrolled)?;
         let (captured, released) = self.capture_map.sync(&kernel.capture)?;
-        if added + removed + captured + released > 0 {
-            tracing::debug!(added, removed, captured, released, "kernel maps updated");
+        let (strict, relaxed) = self.strict_map.sync(&kernel.strict)?;
+        self.exempt_map.sync(&kernel.exempt)?;
+        if added + removed + captured + released + strict + relaxed > 0 {
+            tracing::info!(
+                enrolled = kernel.enrolled.len(),
+                capture = kernel.capture.len(),
+                strict = kernel.strict.len(),
+                changed = added + captured + strict,
+                removed = removed + released + relaxed,
+                "kernel maps updated"
+            );
         }
+        self.guard_pods().await;
         self.engine.retire(self.enrolment.pods()).await;
         Ok(())
+    }
+
+    /// Keeps the STRICT guard on the host side of every enrolled pod's interface.
+    async fn guard_pods(&mut self) {
+        let current: HashMap<ObjectKey, u64> =
+            self.enrolment.pods().map(|p| (p.workload.key.clone(), p.netns.cookie())).collect();
+        let stale: Vec<ObjectKey> = self
+            .guards
+            .iter()
+            .filter(|(key, (cookie, _))| current.get(*key) != Some(cookie))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some((_, interface)) = self.guards.remove(&key) {
+                self.datapath.unguard(&interface);
+            }
+        }
+        for pod in self.enrolment.pods() {
+            if self.guards.contains_key(&pod.workload.key) {
+                continue;
+            }
+            let Some(ip) = pod.workload.primary_address() else { continue };
+            let guarded = match podnet::host_interface(&pod.netns, ip).await {
+                Ok(interface) => self.datapath.guard(&interface).map(|()| interface),
+                Err(e) => Err(e),
+            };
+            match guarded {
+                Ok(interface) => {
+                    tracing::info!(pod = %pod.workload.key, %interface, "STRICT guard on the pod's interface");
+                    self.guards.insert(pod.workload.key.clone(), (pod.netns.cookie(), interface));
+                }
+                // Retried on the next tick; STRICT cannot be enforced for this pod until then.
+                Err(e) => {
+                    tracing::error!(pod = %pod.workload.key, error = %format!("{e:#}"), "cannot guard the pod")
+                }
+            }
+        }
     }
 }
 
@@ -102,6 +169,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut datapath = Datapath::load(&options.datapath)?;
     let enrolled_map = datapath.enrolled_map()?;
     let capture_map = datapath.capture_map()?;
+    let strict_map = datapath.strict_map()?;
+    let exempt_map = datapath.exempt_map()?;
     let orig_dst = datapath.orig_dst_map()?;
     let counters = datapath.counters()?;
     let mut events = datapath.event_reader()?;
@@ -124,15 +193,19 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         inventory,
         enrolment: Enrolment::default(),
         classes: Classes::default(),
+        datapath,
         enrolled_map,
         capture_map,
+        strict_map,
+        exempt_map,
+        guards: HashMap::new(),
     };
 
     let _ = readiness.engine.set(EngineHandles { pool: node.engine.pool(), identities });
-    let mut config = ConfigDir::new(&options.config_dir);
+    let mut config = ConfigDir::new(&options.config_dir).with_root_namespace(&options.mesh.root_namespace);
     let mut watch = DirWatch::new(&options.config_dir)?;
-    let mut state = ClusterState::default();
-    let reload = |config: &mut ConfigDir, state: &mut ClusterState| match config.reload() {
+    let mut state = Arc::new(ClusterState::default());
+    let reload = |config: &mut ConfigDir, state: &mut Arc<ClusterState>| match config.reload() {
         Ok(reload) => {
             for error in &reload.errors {
                 if error.is_warning() {
@@ -144,7 +217,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             if let Ok(mut errors) = readiness.config_errors.lock() {
                 *errors = reload.errors.iter().map(ToString::to_string).collect();
             }
-            *state = reload.state;
+            *state = Arc::new(reload.state);
             readiness.config_loaded.store(true, Ordering::Release);
         }
         Err(error) => tracing::error!(%error, "cannot read the config dir; keeping the last good config"),
@@ -196,7 +269,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     event_task.abort();
     renewal.abort();
     admin.abort();
-    drop(node);
+    let Node { datapath, .. } = node;
     drop(counters);
     datapath.detach_and_unpin()?;
     tracing::info!("detached; bye");

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::desired::StrictExemption;
+
 const EXAMPLES: &str = "\
 Examples:
   # Run the agent of node1 on a local config dir (Workload YAML, later Istio policies):
@@ -135,6 +137,20 @@ pub struct AgentArgs {
     #[arg(long)]
     pub post_quantum: bool,
 
+    /// Istio's root (config) namespace: its PeerAuthentications and DestinationRules without
+    /// selector apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+
+    /// The cluster's DNS domain (Service hosts are `<name>.<namespace>.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Let plaintext from this source reach STRICT ports: `IP` (any port) or `IP:PORT`, e.g.
+    /// the node address of kubelet health probes. Repeatable.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_exemption)]
+    pub strict_exempt: Vec<StrictExemption>,
+
     /// HTTP/2 streams multiplexed on one HBONE connection before another is opened.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
@@ -167,6 +183,16 @@ pub struct FlowsArgs {
 pub enum FlowsOutput {
     Table,
     Json,
+}
+
+/// `10.0.0.1` or `10.0.0.1:8080`.
+pub fn parse_exemption(text: &str) -> Result<StrictExemption, String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddrV4>() {
+        return Ok(StrictExemption { source: *addr.ip(), port: addr.port() });
+    }
+    text.parse()
+        .map(|source| StrictExemption { source, port: 0 })
+        .map_err(|_| format!("{text:?}: expected IP or IP:PORT"))
 }
 
 /// `250ms`, `6s`, `30m`, `24h` or a number of seconds.

@@ -3,12 +3,18 @@
 //! in a new one on every change.
 use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
-use crate::model::{ClusterState, Workload};
+use crate::{
+    model::{ClusterState, Workload},
+    policy::MeshParams,
+};
 
 #[derive(Debug, Default)]
 pub struct Inventory {
     pub node: String,
     pub trust_domain: String,
+    pub mesh: MeshParams,
+    /// The cluster state this inventory was derived from (policies, services).
+    pub state: Arc<ClusterState>,
     /// Every known workload by address (local and remote).
     by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
     /// Enrolled workloads of this node by network-namespace cookie.
@@ -20,7 +26,8 @@ impl Inventory {
     pub fn new(
         node: &str,
         trust_domain: &str,
-        state: &ClusterState,
+        mesh: &MeshParams,
+        state: Arc<ClusterState>,
         enrolled: impl IntoIterator<Item = (u64, Arc<Workload>)>,
     ) -> Self {
         let by_ip =
@@ -28,6 +35,8 @@ impl Inventory {
         Self {
             node: node.to_string(),
             trust_domain: trust_domain.to_string(),
+            mesh: mesh.clone(),
+            state,
             by_ip,
             by_netns: enrolled.into_iter().collect(),
         }

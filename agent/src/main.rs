@@ -9,6 +9,7 @@ use lockmesh::{
     flows::FlowLimits,
     identity::{self, IdentityOptions},
     kernel::{self, DatapathOptions},
+    policy::MeshParams,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -78,6 +79,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         drain: args.drain,
         hbone_max_streams: args.hbone_max_streams,
+        mesh: MeshParams { root_namespace: args.root_namespace, domain: args.cluster_domain },
+        strict_exemptions: args.strict_exempt,
         datapath: DatapathOptions {
             cgroup,
             pin_dir,

@@ -12,6 +12,8 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
+        address::AddressAttribute,
+        link::LinkAttribute,
         route::{RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
@@ -84,6 +86,44 @@ pub async fn undo(netns: &NetNs) -> anyhow::Result<()> {
     .await;
     task.abort();
     result
+}
+
+/// The name, in the agent's own namespace, of the host side of the veth that carries `pod_ip`
+/// into the pod: where traffic towards the pod can be checked before the pod can touch it.
+pub async fn host_interface(netns: &NetNs, pod_ip: Ipv4Addr) -> anyhow::Result<String> {
+    let (handle, task) = connect(netns)?;
+    let result = async {
+        let mut addresses = handle.address().get().execute();
+        let mut index = None;
+        while let Some(message) = addresses.try_next().await.context("listing pod addresses")? {
+            let has_ip = message
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == pod_ip));
+            if has_ip {
+                index = Some(message.header.index);
+                break;
+            }
+        }
+        let index = index.with_context(|| format!("no interface in the pod has {pod_ip}"))?;
+        let mut links = handle.link().get().match_index(index).execute();
+        let link =
+            links.try_next().await.context("reading the pod's interface")?.context("interface vanished")?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Link(peer) => Some(*peer),
+                _ => None,
+            })
+            .with_context(|| format!("the pod's interface {index} has no peer (not a veth?)"))
+    }
+    .await;
+    task.abort();
+    let peer = result?;
+    let name = nix::net::if_::if_indextoname(peer).with_context(|| {
+        format!("no interface {peer} in the agent's namespace (is the agent on the pod's node?)")
+    })?;
+    Ok(name.to_string_lossy().into_owned())
 }
 
 /// A netlink connection whose socket lives in the pod's namespace.

@@ -5,7 +5,7 @@ use lockmesh_common::{FlowEvent, event_kind, role};
 use time::OffsetDateTime;
 
 use super::{
-    record::{Encryption, FlowRecord, Reporter},
+    record::{Encryption, FlowRecord, Reporter, Verdict},
     sink::FlowSink,
 };
 
@@ -49,6 +49,7 @@ impl KernelFlows {
                 let Some(record) = self.open_record(&event) else { return };
                 self.sink.open(event.sock_cookie, record);
             }
+            event_kind::RESET => self.reset(&event),
             event_kind::CLOSE => {
                 let end = self.clock.wall(event.ts_ns);
                 self.sink.close(event.sock_cookie, |record| {
@@ -83,6 +84,30 @@ impl KernelFlows {
             (Reporter::Destination, remote, local)
         };
         let start = self.clock.wall(event.ts_ns);
-        Some(self.sink.record(event.sock_cookie, start, reporter, src, dst, Encryption::Plaintext))
+        let mut record =
+            self.sink.record(event.sock_cookie, start, reporter, src, dst, Encryption::Plaintext);
+        self.sink.annotate_server(&mut record);
+        Some(record)
+    }
+
+    /// A plaintext SYN the kernel answered with a RST because the port is STRICT.
+    fn reset(&self, event: &FlowEvent) {
+        let pod_ip = Ipv4Addr::from(u32::from_be(event.local_ip4));
+        let client_ip = Ipv4Addr::from(u32::from_be(event.remote_ip4));
+        let inventory = self.sink.inventory();
+        let dst = match inventory.workload_by_ip(pod_ip) {
+            Some(pod) => self.sink.local_endpoint(pod, pod_ip, event.local_port),
+            None => self.sink.remote_endpoint(pod_ip, event.local_port, None),
+        };
+        drop(inventory);
+        let src = self.sink.remote_endpoint(client_ip, event.remote_port, None);
+        let at = self.clock.wall(event.ts_ns);
+        let key = self.sink.synthetic_key();
+        let mut record = self.sink.record(key, at, Reporter::Destination, src, dst, Encryption::Plaintext);
+        self.sink.annotate_server(&mut record);
+        record.verdict = Verdict::Reset;
+        record.reason = Some("plaintext connection to a STRICT port: reset in the kernel".into());
+        record.close(at, 0, 0);
+        self.sink.finished(record);
     }
 }

@@ -91,6 +91,17 @@ impl FlowSink {
         }
     }
 
+    /// Fills a flow's `mode` and PeerAuthentication from the server's policy, when the server is
+    /// a mesh workload.
+    pub fn annotate_server(&self, record: &mut FlowRecord) {
+        let inventory = self.inventory();
+        let Some(server) = inventory.workload_by_ip(record.dst.ip) else { return };
+        let resolved =
+            crate::policy::effective_mtls(&inventory.state, &inventory.mesh, server, Some(record.dst.port));
+        record.mode = Some(resolved.mode.to_string());
+        record.policy.peer_authentication = resolved.decided_by.map(|key| key.to_string());
+    }
+
     pub fn open(&self, key: u64, record: FlowRecord) {
         if let Ok(mut table) = self.table.lock() {
             table.insert_open(key, record);

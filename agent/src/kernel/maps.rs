@@ -1,69 +1,51 @@
 //! Typed handles to the datapath's maps.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{HashMap, MapData, PerCpuArray},
 };
-use lockmesh_common::{CaptureKey, EnrolledPod, OrigDst, PortKey, counter, maps as map_names};
+use lockmesh_common::{
+    CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, StrictKey, counter, maps as map_names,
+};
+
+/// A hash map the agent owns: `sync` makes it hold exactly the desired entries.
+pub struct SyncedMap<K, V> {
+    name: &'static str,
+    map: HashMap<MapData, K, V>,
+}
 
 /// Enrolled pods by network-namespace cookie.
-pub struct EnrolledMap {
-    map: HashMap<MapData, u64, EnrolledPod>,
-}
-
-impl EnrolledMap {
-    pub(super) fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf.take_map(map_names::ENROLLED).context("ENROLLED map missing")?;
-        Ok(Self { map: HashMap::try_from(map)? })
-    }
-
-    /// Makes the map hold exactly `desired` (entries adopted from a previous agent included).
-    /// Returns how many entries were added and removed.
-    pub fn sync(&mut self, desired: &BTreeMap<u64, EnrolledPod>) -> anyhow::Result<(usize, usize)> {
-        let present: BTreeSet<u64> = self.map.keys().filter_map(Result::ok).collect();
-        let mut removed = 0;
-        for stale in present.iter().filter(|k| !desired.contains_key(k)) {
-            self.map.remove(stale).with_context(|| format!("removing netns {stale} from ENROLLED"))?;
-            removed += 1;
-        }
-        let mut added = 0;
-        for (cookie, pod) in desired {
-            if self.map.get(cookie, 0).ok().as_ref() != Some(pod) {
-                self.map
-                    .insert(cookie, pod, 0)
-                    .with_context(|| format!("adding netns {cookie} to ENROLLED (map full?)"))?;
-                added += 1;
-            }
-        }
-        Ok((added, removed))
-    }
-}
-
+pub type EnrolledMap = SyncedMap<u64, EnrolledPod>;
 /// Which destinations each class of pods has steered into the engine.
-pub struct CaptureMap {
-    map: HashMap<MapData, CaptureKey, u32>,
-}
+pub type CaptureMap = SyncedMap<CaptureKey, u32>;
+/// STRICT ports of enrolled pods.
+pub type StrictMap = SyncedMap<StrictKey, u32>;
+/// Sources exempt from STRICT (health probes).
+pub type ExemptMap = SyncedMap<ExemptKey, u32>;
 
-impl CaptureMap {
-    pub(super) fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf.take_map(map_names::CAPTURE).context("CAPTURE map missing")?;
-        Ok(Self { map: HashMap::try_from(map)? })
+impl<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq> SyncedMap<K, V> {
+    pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> anyhow::Result<Self> {
+        let map = ebpf.take_map(name).with_context(|| format!("{name} map missing"))?;
+        Ok(Self { name, map: HashMap::try_from(map)? })
     }
 
-    /// Makes the map hold exactly `desired`; returns (added or changed, removed).
-    pub fn sync(&mut self, desired: &BTreeMap<CaptureKey, u32>) -> anyhow::Result<(usize, usize)> {
-        let present: Vec<CaptureKey> = self.map.keys().filter_map(Result::ok).collect();
+    /// Makes the map hold exactly `desired` (entries adopted from a previous agent included);
+    /// returns how many entries were added or changed, and removed.
+    pub fn sync(&mut self, desired: &BTreeMap<K, V>) -> anyhow::Result<(usize, usize)> {
+        let present: Vec<K> = self.map.keys().filter_map(Result::ok).collect();
         let mut removed = 0;
         for stale in present.iter().filter(|k| !desired.contains_key(k)) {
-            self.map.remove(stale).context("removing from CAPTURE")?;
+            self.map.remove(stale).with_context(|| format!("removing {stale:?} from {}", self.name))?;
             removed += 1;
         }
         let mut added = 0;
-        for (key, action) in desired {
-            if self.map.get(key, 0).ok() != Some(*action) {
-                self.map.insert(key, action, 0).context("adding to CAPTURE (map full?)")?;
+        for (key, value) in desired {
+            if self.map.get(key, 0).ok().as_ref() != Some(value) {
+                self.map
+                    .insert(key, value, 0)
+                    .with_context(|| format!("adding {key:?} to {} (map full?)", self.name))?;
                 added += 1;
             }
         }
@@ -104,6 +86,7 @@ pub struct CounterValues {
     pub flows_opened: u64,
     pub flows_closed: u64,
     pub captured: u64,
+    pub strict_resets: u64,
 }
 
 impl Counters {
@@ -121,6 +104,7 @@ impl Counters {
             flows_opened: sum(counter::FLOWS_OPENED)?,
             flows_closed: sum(counter::FLOWS_CLOSED)?,
             captured: sum(counter::CAPTURED)?,
+            strict_resets: sum(counter::STRICT_RESETS)?,
         })
     }
 }

@@ -12,11 +12,17 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
+        links::FdLink,
+        tc::{self, SchedClassifierLinkId},
+    },
 };
 pub use events::{EventReader, KernelEvent};
 use lockmesh_common::{maps as map_names, programs as prog_names};
-pub use maps::{CaptureMap, CounterValues, Counters, EnrolledMap, OrigDstMap};
+pub use maps::{
+    CaptureMap, CounterValues, Counters, EnrolledMap, ExemptMap, OrigDstMap, StrictMap, SyncedMap,
+};
 
 /// The eBPF object built from ebpf/lockmesh-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockmesh"));
@@ -41,6 +47,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     links: Vec<FdLink>,
     programs: Vec<ProgramRef>,
+    /// Host-side pod interfaces the STRICT program guards, and its link on each.
+    guarded: std::collections::HashMap<String, SchedClassifierLinkId>,
 }
 
 /// A program the agent loaded, as the kernel knows it (for `/readyz` and support).
@@ -108,8 +116,45 @@ impl Datapath {
             programs.push(ProgramRef { name: name.to_string(), id: prog.info()?.id() });
         }
 
+        {
+            let strict: &mut SchedClassifier = program(&mut ebpf, prog_names::STRICT)?.try_into()?;
+            strict.load().context("verifying lockmesh_strict")?;
+            programs.push(ProgramRef { name: prog_names::STRICT.to_string(), id: strict.info()?.id() });
+        }
+
         tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
-        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links, programs })
+        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links, programs, guarded: Default::default() })
+    }
+
+    /// Puts the STRICT program on the way into a pod: TC egress of its host-side interface.
+    pub fn guard(&mut self, interface: &str) -> anyhow::Result<()> {
+        if self.guarded.contains_key(interface) {
+            return Ok(());
+        }
+        // Needed on kernels without TCX; harmless where the qdisc exists or TCX is used.
+        let _ = tc::qdisc_add_clsact(interface);
+        let strict: &mut SchedClassifier = program(&mut self.ebpf, prog_names::STRICT)?.try_into()?;
+        let link = strict
+            .attach(interface, TcAttachType::Egress)
+            .with_context(|| format!("attaching lockmesh_strict to {interface}"))?;
+        self.guarded.insert(interface.to_string(), link);
+        tracing::debug!(%interface, "STRICT guard attached");
+        Ok(())
+    }
+
+    /// Removes the STRICT program from an interface (the pod left; the interface may be gone).
+    pub fn unguard(&mut self, interface: &str) {
+        let Some(link) = self.guarded.remove(interface) else { return };
+        let detached = program(&mut self.ebpf, prog_names::STRICT)
+            .and_then(|p| Ok(<&mut SchedClassifier>::try_from(p)?))
+            .and_then(|p| Ok(p.detach(link)?));
+        if let Err(e) = detached {
+            tracing::debug!(%interface, error = %e, "detaching the STRICT guard (interface gone?)");
+        }
+    }
+
+    pub fn guarded(&self) -> impl Iterator<Item = &str> {
+        self.guarded.keys().map(String::as_str)
     }
 
     pub fn programs(&self) -> &[ProgramRef] {
@@ -117,7 +162,15 @@ impl Datapath {
     }
 
     pub fn capture_map(&mut self) -> anyhow::Result<CaptureMap> {
-        CaptureMap::take(&mut self.ebpf)
+        SyncedMap::take(&mut self.ebpf, map_names::CAPTURE)
+    }
+
+    pub fn strict_map(&mut self) -> anyhow::Result<StrictMap> {
+        SyncedMap::take(&mut self.ebpf, map_names::STRICT)
+    }
+
+    pub fn exempt_map(&mut self) -> anyhow::Result<ExemptMap> {
+        SyncedMap::take(&mut self.ebpf, map_names::STRICT_EXEMPT)
     }
 
     pub fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
@@ -125,7 +178,7 @@ impl Datapath {
     }
 
     pub fn enrolled_map(&mut self) -> anyhow::Result<EnrolledMap> {
-        EnrolledMap::take(&mut self.ebpf)
+        SyncedMap::take(&mut self.ebpf, map_names::ENROLLED)
     }
 
     pub fn counters(&mut self) -> anyhow::Result<Counters> {

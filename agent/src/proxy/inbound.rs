@@ -174,6 +174,7 @@ async fn stream(
     let key = sockets::socket_cookie(&app);
     let mut record = ctx.sink.record(key, started, Reporter::Destination, src, dst, Encryption::Mtls);
     record.tls = Some(peer.tls.clone());
+    ctx.sink.annotate_server(&mut record);
     ctx.sink.open(key, record);
     let send = match respond.send_response(status_response(StatusCode::OK), false) {
         Ok(send) => send,

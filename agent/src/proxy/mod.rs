@@ -38,6 +38,8 @@ pub struct EngineContext {
     pub pool: Arc<hbone::Pool>,
     /// HTTP/2 streams per HBONE connection, both directions.
     pub max_streams: u32,
+    /// Round-robin position for Service endpoints.
+    pub balancer: AtomicUsize,
 }
 
 /// One enrolled pod as the engine serves it.
@@ -86,7 +88,14 @@ pub struct Engine {
 impl Engine {
     pub fn new(identities: Arc<Identities>, sink: FlowSink, orig_dst: OrigDstMap, max_streams: u32) -> Self {
         let pool = hbone::Pool::new(identities.clone(), max_streams);
-        let ctx = EngineContext { identities, sink, orig_dst: Mutex::new(orig_dst), pool, max_streams };
+        let ctx = EngineContext {
+            identities,
+            sink,
+            orig_dst: Mutex::new(orig_dst),
+            pool,
+            max_streams,
+            balancer: AtomicUsize::new(0),
+        };
         Self { ctx: Arc::new(ctx), pods: HashMap::new() }
     }
 

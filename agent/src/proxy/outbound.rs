@@ -3,7 +3,10 @@
 //! destination pod's engine.
 use std::{
     net::{SocketAddr, SocketAddrV4},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use lockmesh_common::engine;
@@ -15,7 +18,10 @@ use super::{
     hbone::{PoolKey, TunnelError},
 };
 use crate::{
-    flows::{Encryption, Reporter, Verdict},
+    flows::{Encryption, FlowRecord, Reporter, Verdict},
+    inventory::Inventory,
+    model::Workload,
+    policy::{self, Destination, Outbound},
     sockets,
 };
 
@@ -47,7 +53,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(ctx: &EngineContext, pod: &PodProxy, mut app: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: &EngineContext, pod: &PodProxy, app: TcpStream, peer: SocketAddr) {
     let started = time::OffsetDateTime::now_utc();
     let key = sockets::socket_cookie(&app);
     // Where the app meant to go, as the kernel recorded it: found by this pod's namespace and
@@ -58,49 +64,112 @@ async fn handle(ctx: &EngineContext, pod: &PodProxy, mut app: TcpStream, peer: S
         return sockets::reset(app);
     };
     let target = SocketAddrV4::new(u32::from_be(orig.ip4).into(), orig.port);
-    let src_ip = pod.ip;
-    let src = ctx.sink.local_endpoint(&pod.workload, src_ip, peer.port());
-    let inventory = ctx.sink.inventory();
-    let Some(destination) = inventory.workload_by_ip(*target.ip()).cloned() else {
-        // Captured, but the inventory no longer knows the address: fail closed.
-        let dst = ctx.sink.remote_endpoint(*target.ip(), target.port(), None);
-        let mut record = ctx.sink.record(key, started, Reporter::Source, src, dst, Encryption::Mtls);
-        record.verdict = Verdict::Error;
-        record.reason = Some("destination is no longer a known mesh workload".into());
-        record.close(time::OffsetDateTime::now_utc(), 0, 0);
-        ctx.sink.finished(record);
-        return sockets::reset(app);
+    let src = ctx.sink.local_endpoint(&pod.workload, pod.ip, peer.port());
+    let route = {
+        let inventory = ctx.sink.inventory();
+        route(&inventory, &pod.workload, target, &ctx.balancer)
     };
-    let trust_domain = inventory.trust_domain.clone();
-    drop(inventory);
-    let dst_identity = destination.identity(&trust_domain);
-    let Some(dst_pod_ip) = destination.primary_address() else { return sockets::reset(app) };
-    let pool_key = PoolKey {
-        src_ip,
-        src_identity: pod.identity.clone(),
-        dst_identity: dst_identity.as_str().into(),
-        dst: SocketAddr::new(dst_pod_ip.into(), engine::HBONE_PORT),
-    };
-    let dst = ctx.sink.remote_endpoint(*target.ip(), target.port(), None);
-    let record = ctx.sink.record(key, started, Reporter::Source, src, dst, Encryption::Mtls);
-
-    let stream = ctx
-        .pool
-        .open(&pool_key, &pod.sockets, SocketAddr::V4(target), SocketAddr::new(src_ip.into(), peer.port()))
-        .await;
-    let stream = match stream {
-        Ok(stream) => stream,
-        Err(error) => {
-            let mut record = record;
-            record.verdict = if error.is_denial() { Verdict::Denied } else { Verdict::Error };
-            record.reason = Some(error.to_string());
+    let route = match route {
+        Ok(route) => route,
+        Err(reason) => {
+            // Captured, but there is nowhere to send it: fail closed.
+            let dst = ctx.sink.remote_endpoint(*target.ip(), target.port(), None);
+            let mut record = ctx.sink.record(key, started, Reporter::Source, src, dst, Encryption::Mtls);
+            record.verdict = Verdict::Error;
+            record.reason = Some(reason);
             record.close(time::OffsetDateTime::now_utc(), 0, 0);
-            log_failure(&error, pod, &target);
             ctx.sink.finished(record);
             return sockets::reset(app);
         }
     };
-    let mut record = record;
+    let dst = ctx.sink.remote_endpoint(*route.addr.ip(), route.addr.port(), None);
+    let encryption = if route.outbound.mtls { Encryption::Mtls } else { Encryption::Plaintext };
+    let mut record = ctx.sink.record(key, started, Reporter::Source, src, dst, encryption);
+    ctx.sink.annotate_server(&mut record);
+    record.policy.destination_rule = route
+        .outbound
+        .decided_by
+        .as_deref()
+        .and_then(|d| d.strip_prefix("DestinationRule "))
+        .map(str::to_string);
+    if route.outbound.mtls {
+        tunnel(ctx, pod, app, peer, key, record, &route).await
+    } else {
+        direct(ctx, pod, app, key, record, route.addr).await
+    }
+}
+
+/// Where a captured connection goes and how.
+struct Route {
+    /// The workload that serves it (a Service's cluster IP is balanced to one of its endpoints).
+    endpoint: Arc<Workload>,
+    addr: SocketAddrV4,
+    outbound: Outbound,
+}
+
+fn route(
+    inventory: &Inventory,
+    client: &Workload,
+    target: SocketAddrV4,
+    balancer: &AtomicUsize,
+) -> Result<Route, String> {
+    let (state, mesh) = (&inventory.state, &inventory.mesh);
+    let namespace = &client.key.namespace;
+    if let Some(service) = policy::service_by_cluster_ip(state, *target.ip()) {
+        let endpoints: Vec<_> =
+            policy::endpoints(state, service).into_iter().filter(|w| w.primary_address().is_some()).collect();
+        if endpoints.is_empty() {
+            return Err(format!("Service {} has no endpoints", service.key));
+        }
+        let endpoint = endpoints[balancer.fetch_add(1, Ordering::Relaxed) % endpoints.len()].clone();
+        let port = service.ports.iter().find(|p| p.port == target.port());
+        let Some(port) = port else {
+            return Err(format!("Service {} has no port {}", service.key, target.port()));
+        };
+        let target_port = policy::target_port(port, &endpoint);
+        let dest = Destination::Service { service, port: target.port(), endpoint: &endpoint };
+        let outbound = policy::outbound_tls(state, mesh, namespace, &dest, true);
+        let ip = endpoint.primary_address().unwrap_or(*target.ip());
+        return Ok(Route { addr: SocketAddrV4::new(ip, target_port), endpoint, outbound });
+    }
+    let Some(endpoint) = inventory.workload_by_ip(*target.ip()).cloned() else {
+        return Err("destination is no longer a known mesh workload".into());
+    };
+    let dest = Destination::Workload { workload: &endpoint, port: target.port() };
+    let outbound = policy::outbound_tls(state, mesh, namespace, &dest, true);
+    Ok(Route { addr: target, endpoint, outbound })
+}
+
+/// Over HBONE to the endpoint's engine.
+async fn tunnel(
+    ctx: &EngineContext,
+    pod: &PodProxy,
+    mut app: TcpStream,
+    peer: SocketAddr,
+    key: u64,
+    mut record: FlowRecord,
+    route: &Route,
+) {
+    let trust_domain = ctx.sink.inventory().trust_domain.clone();
+    let dst_identity = route.endpoint.identity(&trust_domain);
+    let pool_key = PoolKey {
+        src_ip: pod.ip,
+        src_identity: pod.identity.clone(),
+        dst_identity: dst_identity.as_str().into(),
+        dst: SocketAddr::new((*route.addr.ip()).into(), engine::HBONE_PORT),
+    };
+    let client = SocketAddr::new(pod.ip.into(), peer.port());
+    let stream = match ctx.pool.open(&pool_key, &pod.sockets, SocketAddr::V4(route.addr), client).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            record.verdict = if error.is_denial() { Verdict::Denied } else { Verdict::Error };
+            record.reason = Some(error.to_string());
+            record.close(time::OffsetDateTime::now_utc(), 0, 0);
+            log_failure(&error, pod, &route.addr);
+            ctx.sink.finished(record);
+            return sockets::reset(app);
+        }
+    };
     record.dst.identity = Some(stream.peer_identity.clone());
     record.tls = Some(stream.tls.clone());
     ctx.sink.open(key, record);
@@ -115,6 +184,40 @@ async fn handle(ctx: &EngineContext, pod: &PodProxy, mut app: TcpStream, peer: S
     if matches!(error, Some(copy::CopyError::Tunnel(_) | copy::CopyError::TunnelClosed)) {
         sockets::reset(app);
     }
+}
+
+/// Plaintext, straight from the pod (policy says no mTLS for a captured destination, e.g. a
+/// Service whose DestinationRule disables TLS).
+async fn direct(
+    ctx: &EngineContext,
+    pod: &PodProxy,
+    mut app: TcpStream,
+    key: u64,
+    mut record: FlowRecord,
+    addr: SocketAddrV4,
+) {
+    let mut upstream = match pod.sockets.connect_outbound(SocketAddr::V4(addr)).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            record.verdict = Verdict::Error;
+            record.reason = Some(format!("connect to {addr}: {e}"));
+            record.close(time::OffsetDateTime::now_utc(), 0, 0);
+            ctx.sink.finished(record);
+            return sockets::reset(app);
+        }
+    };
+    ctx.sink.open(key, record);
+    let result = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
+    ctx.sink.close(key, |record| {
+        let (sent, received) = match &result {
+            Ok(counts) => *counts,
+            Err(e) => {
+                record.reason = Some(e.to_string());
+                (0, 0)
+            }
+        };
+        record.close(time::OffsetDateTime::now_utc(), sent, received);
+    });
 }
 
 fn log_failure(error: &TunnelError, pod: &PodProxy, target: &SocketAddrV4) {

@@ -15,9 +15,20 @@ pub mod maps {
     pub const CAPTURE: &str = "CAPTURE";
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
+    pub const STRICT: &str = "STRICT";
+    pub const STRICT_EXEMPT: &str = "STRICT_EXEMPT";
     /// Every map, all pinned per node by the agent.
-    pub const ALL: &[&str] =
-        &[ENROLLED, FLOW_EVENTS, COUNTERS, FIN_WAIT2_RCV_NXT, CAPTURE, ORIG_DST, ORIG_DST_BY_PORT];
+    pub const ALL: &[&str] = &[
+        ENROLLED,
+        FLOW_EVENTS,
+        COUNTERS,
+        FIN_WAIT2_RCV_NXT,
+        CAPTURE,
+        ORIG_DST,
+        ORIG_DST_BY_PORT,
+        STRICT,
+        STRICT_EXEMPT,
+    ];
 }
 
 /// The tunnel engine's well-known ports and socket marks (the same as Istio ambient's ztunnel).
@@ -41,6 +52,7 @@ pub mod programs {
     pub const CONNECT4: &str = "lockmesh_connect4";
     pub const GETPEERNAME4: &str = "lockmesh_getpeername4";
     pub const GETSOCKNAME4: &str = "lockmesh_getsockname4";
+    pub const STRICT: &str = "lockmesh_strict";
 }
 
 /// Value of the `ENROLLED` map, keyed by the network-namespace cookie of an enrolled pod.
@@ -71,6 +83,37 @@ pub struct CaptureKey {
 pub mod capture {
     /// Steer into the engine (which tunnels it over mTLS).
     pub const TUNNEL: u32 = 1;
+    /// Leave it alone (overrides a port-0 `TUNNEL` for one port).
+    pub const DIRECT: u32 = 2;
+}
+
+/// Key of the `STRICT` map: a pod address and a port it serves (`port` 0: every port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StrictKey {
+    /// The pod's address, network byte order.
+    pub ip4: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of the `STRICT` map.
+pub mod strict {
+    /// Plaintext SYNs from outside the pod are answered with a RST.
+    pub const RESET: u32 = 1;
+    /// Plaintext allowed on this port although the pod's default (port 0) is `RESET`.
+    pub const ALLOW: u32 = 2;
+}
+
+/// Key of the `STRICT_EXEMPT` map: plaintext from `src_ip4` to `port` (0: any port) of a STRICT
+/// pod is let through (health probes from the node).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExemptKey {
+    /// Network byte order.
+    pub src_ip4: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// A captured connection's original destination.
@@ -100,6 +143,9 @@ pub mod event_kind {
     pub const OPEN: u32 = 1;
     /// A TCP connection of an enrolled pod closed; byte counters are final.
     pub const CLOSE: u32 = 2;
+    /// A plaintext SYN to a STRICT port was answered with a RST (no socket: the cookies are 0,
+    /// `local` is the pod, `remote` the client).
+    pub const RESET: u32 = 3;
 }
 
 /// Which end of the connection the enrolled pod is.
@@ -143,8 +189,10 @@ pub mod counter {
     pub const FLOWS_CLOSED: u32 = 2;
     /// Connections steered into the engine.
     pub const CAPTURED: u32 = 3;
+    /// Plaintext SYNs to STRICT ports answered with a RST.
+    pub const STRICT_RESETS: u32 = 4;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
@@ -169,4 +217,8 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StrictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExemptKey {}
 }

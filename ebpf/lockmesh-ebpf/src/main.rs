@@ -5,6 +5,7 @@
 mod capture;
 mod maps;
 mod observer;
+mod strict;
 
 #[cfg(not(test))]
 #[panic_handler]

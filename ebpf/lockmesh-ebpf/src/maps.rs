@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lockmesh_common::{CaptureKey, EnrolledPod, OrigDst, PortKey, counter};
+use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, StrictKey, counter};
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
 #[map(name = "ENROLLED")]
@@ -32,6 +32,14 @@ pub static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(65_
 /// `accept()`; the engine deletes each entry it reads.
 #[map(name = "ORIG_DST_BY_PORT")]
 pub static ORIG_DST_BY_PORT: LruHashMap<PortKey, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
+
+/// STRICT ports of enrolled pods (see `lockmesh_common::strict`).
+#[map(name = "STRICT")]
+pub static STRICT: HashMap<StrictKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Sources allowed to reach STRICT ports in plaintext (health probes).
+#[map(name = "STRICT_EXEMPT")]
+pub static STRICT_EXEMPT: HashMap<ExemptKey, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]

@@ -1,0 +1,215 @@
+//! Issue 4, end to end: the OpenShift Service Mesh walkthrough on the two-node testbed, driven by
+//! unchanged Istio YAML in the agents' config dir: PERMISSIVE → DISABLE → STRICT, port-level
+//! modes, Service cluster IPs, live switches and what they do to open connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use lockmesh_tests::{Agent, Testbed, app::MARKER, capture::Capture, testbed::WIRE_IF};
+use serde_json::Value;
+
+/// Writes `yaml` as `name` in the config dir at once (rename), as `kubectl apply` would.
+fn apply(config: &Path, name: &str, yaml: &str) {
+    let tmp = config.parent().unwrap().join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, config.join(name)).unwrap();
+}
+
+fn namespace_policy(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: bookinfo\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+const DETAILS_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: bookinfo}
+spec:
+  selector: {app: details}
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+";
+
+const DETAILS_ISTIO_MUTUAL: &str = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: bookinfo}
+spec:
+  host: details
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+";
+
+const DETAILS_STRICT_BUT_9000: &str = "\
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: details, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    9000: {mode: PERMISSIVE}
+";
+
+/// curl from `pod`; returns (exit code, how long it took).
+fn curl(tb: &Testbed, pod: &str, url: &str) -> (i32, Duration) {
+    let started = Instant::now();
+    let (code, _, _) = tb.curl(pod, &[url]).unwrap();
+    (code, started.elapsed())
+}
+
+/// Polls until `done` (each try makes real traffic); returns how long it took.
+fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+fn wire_capture(tb: &Testbed, name: &str) -> Capture {
+    Capture::start(&tb.node("node2").netns_path(), WIRE_IF, "tcp", tb.work_dir.join(name)).unwrap()
+}
+
+#[test]
+fn walkthrough_permissive_disable_strict() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    apply(&config, "details-service.yaml", DETAILS_SERVICE);
+    let agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
+    let agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let details = tb.serve("details", 8080).unwrap();
+    let url = format!("http://{}:8080/", tb.pod("details").ip);
+    let (pp, dt, outsider) = (
+        tb.pod("productpage").ip.to_string(),
+        tb.pod("details").ip.to_string(),
+        tb.pod("outsider").ip.to_string(),
+    );
+
+    // PERMISSIVE (Istio's default): in-mesh encrypted, out-of-mesh plaintext still served.
+    let wire = wire_capture(&tb, "permissive.pcap");
+    let result = tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap();
+    assert_eq!(result["status"], 200);
+    let wire = wire.finish().unwrap();
+    assert!(!wire.contains(MARKER.as_bytes()) && wire.packets_on_port(15008) > 0, "{}", wire.summary);
+    let (code, _) = curl(&tb, "outsider", &url);
+    assert_eq!(code, 0, "PERMISSIVE must serve plaintext clients");
+    let flows = agent2.wait_for_flows(WAIT, |f| closed(f, "destination", &outsider, &dt, 8080) == 1).unwrap();
+    let flow = find(&flows, "destination", &outsider, &dt, 8080)[0];
+    assert_eq!((flow["encryption"].as_str(), flow["mode"].as_str()), (Some("plaintext"), Some("PERMISSIVE")));
+
+    // DISABLE: the in-mesh request crosses the wire in plaintext.
+    apply(&config, "peer-authentication.yaml", &namespace_policy("DISABLE"));
+    let switch = until("DISABLE applied", || {
+        agent1.flows().unwrap().iter().any(|f| {
+            f["reporter"] == "source"
+                && f["dst"]["ip"] == dt
+                && f["encryption"] == "plaintext"
+                && !f["end"].is_null()
+        }) || {
+            let _ = tb.get("productpage", addr(&tb, "details", 8080), "/");
+            false
+        }
+    });
+    println!("PERMISSIVE → DISABLE applied within {switch:?}");
+    let wire = wire_capture(&tb, "disable.pcap");
+    assert_eq!(tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap()["status"], 200);
+    let wire = wire.finish().unwrap();
+    assert!(wire.contains(MARKER.as_bytes()), "DISABLE: plaintext expected on the wire:\n{}", wire.summary);
+
+    // STRICT with DR ISTIO_MUTUAL: in-mesh served and encrypted (also through the cluster IP);
+    // the outsider is reset at once and the app never sees it.
+    apply(&config, "details-dr.yaml", DETAILS_ISTIO_MUTUAL);
+    let written = Instant::now();
+    apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
+    until("STRICT enforced", || curl(&tb, "outsider", &url).0 != 0);
+    let switch = written.elapsed();
+    println!("DISABLE → STRICT enforced in the kernel within {switch:?}");
+    assert!(switch <= Duration::from_secs(1), "policy switch took {switch:?}");
+
+    let accepted_before = details.accepted();
+    let (code, took) = curl(&tb, "outsider", &url);
+    assert!(code == 7 || code == 56, "outsider under STRICT: curl exit {code}");
+    assert!(took < Duration::from_millis(500), "the reset must be immediate, took {took:?}");
+    assert_eq!(details.accepted(), accepted_before, "the app saw the plaintext client");
+
+    let wire = wire_capture(&tb, "strict.pcap");
+    let direct = tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap();
+    let service = tb.get("productpage", "10.96.0.10:80".parse().unwrap(), "/").unwrap();
+    let wire = wire.finish().unwrap();
+    assert_eq!((direct["status"].as_u64(), service["status"].as_u64()), (Some(200), Some(200)));
+    assert!(!wire.contains(MARKER.as_bytes()), "STRICT: plaintext on the wire:\n{}", wire.summary);
+
+    // Reported: the reset (destination), and the mTLS flows with the policies that applied.
+    let flows = agent2
+        .wait_for_flows(WAIT, |f| {
+            find(f, "destination", &outsider, &dt, 8080).iter().any(|x| x["verdict"] == "reset")
+        })
+        .unwrap();
+    let reset = find(&flows, "destination", &outsider, &dt, 8080)
+        .into_iter()
+        .find(|x| x["verdict"] == "reset")
+        .unwrap();
+    assert_eq!(reset["mode"], "STRICT", "{reset}");
+    assert_eq!(reset["policy"]["peer_authentication"], "bookinfo/default", "{reset}");
+    let flows = agent1
+        .wait_for_flows(WAIT, |f| {
+            find(f, "source", &pp, &dt, 8080)
+                .iter()
+                .filter(|x| x["encryption"] == "mtls" && !x["end"].is_null())
+                .count()
+                >= 2
+        })
+        .unwrap();
+    let last: &Value = find(&flows, "source", &pp, &dt, 8080).into_iter().last().unwrap();
+    assert_eq!(last["policy"]["destination_rule"], "bookinfo/details", "{last}");
+    assert_eq!(last["mode"], "STRICT", "{last}");
+}
+
+#[test]
+fn port_level_modes_and_open_connections_across_a_switch() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    // Namespace PERMISSIVE; details STRICT except its port 9000.
+    apply(
+        &config,
+        "policy.yaml",
+        &format!("{}---\n{DETAILS_STRICT_BUT_9000}", namespace_policy("PERMISSIVE")),
+    );
+    let _agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
+    let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let _details = tb.serve("details", 8080).unwrap();
+    let _echo = tb.serve("details", 9000).unwrap();
+    let _ratings = tb.serve("ratings", 8080).unwrap();
+    let dt = tb.pod("details").ip;
+
+    assert!(matches!(curl(&tb, "outsider", &format!("http://{dt}:8080/")).0, 7 | 56), "8080 is STRICT");
+    assert_eq!(curl(&tb, "outsider", &format!("http://{dt}:9000/")).0, 0, "9000 is PERMISSIVE");
+    let ratings = tb.pod("ratings").ip;
+    assert_eq!(curl(&tb, "outsider", &format!("http://{ratings}:8080/")).0, 0, "ratings is PERMISSIVE");
+
+    // An in-mesh connection open across PERMISSIVE → STRICT keeps working.
+    let to = addr(&tb, "ratings", 8080).to_string();
+    let long = std::thread::scope(|scope| {
+        let long = scope.spawn(|| {
+            tb.client("productpage", &["get", "--connect", &to, "--count", "3", "--interval-ms", "700"])
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        apply(
+            &config,
+            "policy.yaml",
+            &format!("{}---\n{DETAILS_STRICT_BUT_9000}", namespace_policy("STRICT")),
+        );
+        long.join().unwrap()
+    });
+    assert_eq!(long["status"], 200, "{long}");
+    until("ratings STRICT", || curl(&tb, "outsider", &format!("http://{ratings}:8080/")).0 != 0);
+}
