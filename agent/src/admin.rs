@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use axum::{
     Json, Router,
     body::Body,
@@ -24,6 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::{
     flows::{FlowStats, FlowTable},
     identity::{CertificateStatus, Identities},
+    inventory::Inventory,
     kernel::{CounterValues, ProgramRef},
     proxy::hbone::Pool,
 };
@@ -65,6 +67,7 @@ impl Readiness {
 pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub flows: Arc<Mutex<FlowTable>>,
+    pub inventory: Arc<ArcSwap<Inventory>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
@@ -80,6 +83,7 @@ fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
+        .route("/check", get(check))
         .with_state(state)
 }
 
@@ -114,6 +118,25 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     };
     let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(detail)).into_response()
+}
+
+#[derive(Deserialize)]
+struct CheckQuery {
+    workload: Option<String>,
+}
+
+/// `/check[?workload=ns/name]`: effective policies of enrolled workloads (`lockmesh check`).
+async fn check(State(state): State<AdminState>, Query(query): Query<CheckQuery>) -> Response {
+    let certificates = state.readiness.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
+    let inventory = state.inventory.load();
+    let checks = crate::check::check(&inventory, &certificates, query.workload.as_deref());
+    if let Some(workload) = &query.workload
+        && checks.is_empty()
+    {
+        let message = format!("{workload} is not a workload enrolled on node {}\n", inventory.node);
+        return (StatusCode::NOT_FOUND, message).into_response();
+    }
+    Json(checks).into_response()
 }
 
 #[derive(Deserialize)]

@@ -163,7 +163,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     let mut admin = tokio::spawn(admin::serve(
         options.admin,
-        AdminState { readiness: readiness.clone(), flows: table.clone() },
+        AdminState { readiness: readiness.clone(), flows: table.clone(), inventory: inventory.clone() },
     ));
 
     let mut datapath = Datapath::load(&options.datapath)?;

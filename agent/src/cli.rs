@@ -11,6 +11,9 @@ Examples:
   # Run the agent of node1 on a local config dir (Workload YAML, later Istio policies):
   lockmesh agent --node node1 --config /etc/lockmesh
 
+  # Which mTLS mode each port of bookinfo/details enforces, and why:
+  lockmesh check bookinfo/details
+
   # Show the flows the agent saw, then follow new ones as JSON lines:
   lockmesh flows
   lockmesh flows -o json --follow
@@ -54,9 +57,33 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Show the flows a running agent reports (connections of enrolled pods).
     Flows(FlowsArgs),
+    /// Show what the agent enforces for its workloads, like `istioctl x describe pod`: the mTLS
+    /// mode per port and the PeerAuthentication behind it, the DestinationRule and TLS mode used
+    /// towards each Service, the certificate.
+    Check(CheckArgs),
     /// Manage the certificate authority that signs workload identities.
     #[command(subcommand)]
     Ca(CaCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// One workload, `namespace/name` (default: every workload enrolled on the node).
+    pub workload: Option<String>,
+
+    /// The agent's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = CheckOutput::Text)]
+    pub output: CheckOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -159,3 +159,107 @@ mod tests {
         assert_eq!(classes.of("bookinfo"), a);
     }
 }
+
+#[cfg(test)]
+mod policy_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{config::ConfigDir, inventory::Inventory};
+
+    const YAML: &str = "\
+apiVersion: lockmesh.io/v1alpha1
+kind: Workload
+metadata: {name: productpage, namespace: bookinfo, labels: {app: productpage}}
+spec: {node: node1, serviceAccount: productpage, addresses: [10.77.1.2]}
+---
+apiVersion: lockmesh.io/v1alpha1
+kind: Workload
+metadata: {name: details, namespace: bookinfo, labels: {app: details}}
+spec: {node: node2, serviceAccount: details, addresses: [10.77.2.2]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: bookinfo}
+spec: {selector: {app: details}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: 9090}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: details, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9000: {mode: PERMISSIVE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: bookinfo}
+spec:
+  host: details
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {number: 81}, tls: {mode: DISABLE}}]
+";
+
+    fn state() -> ClusterState {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), YAML).unwrap();
+        let reload = ConfigDir::new(dir.path()).reload().unwrap();
+        assert!(reload.errors.iter().all(|e| e.is_warning()), "{:?}", reload.errors);
+        reload.state
+    }
+
+    fn ip(text: &str) -> u32 {
+        u32::from(text.parse::<Ipv4Addr>().unwrap()).to_be()
+    }
+
+    #[test]
+    fn capture_follows_destination_rules_per_port() {
+        let state = state();
+        let details = state.workloads.iter().find(|w| w.key.name == "details").unwrap();
+        let mut capture = BTreeMap::new();
+        capture_entries(&state, &MeshParams::default(), 1, "bookinfo", details, &mut capture);
+        let get = |port| capture.get(&CaptureKey { class: 1, ip4: ip("10.77.2.2"), port, _pad: 0 }).copied();
+        assert_eq!(get(0), Some(capture::TUNNEL), "auto mTLS to a STRICT workload");
+        assert_eq!(
+            get(9090),
+            Some(capture::DIRECT),
+            "DR portLevelSettings DISABLE on service port 81 → 9090"
+        );
+        assert_eq!(get(8080), None, "same as the default: no exact entry");
+    }
+
+    #[test]
+    fn strict_entries_follow_port_level_modes() {
+        let state = state();
+        let details = state.workloads.iter().find(|w| w.key.name == "details").unwrap();
+        let mut strict = BTreeMap::new();
+        strict_entries(&state, &MeshParams::default(), details, &mut strict);
+        let key = |port| StrictKey { ip4: ip("10.77.2.2"), port, _pad: 0 };
+        assert_eq!(strict.get(&key(0)), Some(&strict::RESET));
+        assert_eq!(strict.get(&key(9000)), Some(&strict::ALLOW));
+        assert_eq!(strict.len(), 2);
+        let productpage = state.workloads.iter().find(|w| w.key.name == "productpage").unwrap();
+        let mut none = BTreeMap::new();
+        strict_entries(&state, &MeshParams::default(), productpage, &mut none);
+        assert!(none.is_empty(), "PERMISSIVE by default");
+    }
+
+    #[test]
+    fn check_explains_modes_and_outbound() {
+        let state = Arc::new(state());
+        let enrolled: Vec<_> = state.workloads.iter().map(|w| (w.key.name.len() as u64, w.clone())).collect();
+        let inventory =
+            Inventory::new("node2", "cluster.local", &MeshParams::default(), state.clone(), enrolled);
+        let checks = crate::check::check(&inventory, &[], Some("bookinfo/details"));
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].mtls.mode, "STRICT");
+        assert_eq!(checks[0].mtls.peer_authentication.as_deref(), Some("bookinfo/details"));
+        assert_eq!(checks[0].ports[&9000].mode, "PERMISSIVE");
+        let text = crate::check::render(&checks);
+        assert!(text.contains("details.bookinfo.svc.cluster.local:81") && text.contains("DISABLE"), "{text}");
+        let outbound = &checks[0].outbound;
+        let port80 = outbound.iter().find(|o| o.service.ends_with(":80")).unwrap();
+        assert!(port80.mtls && port80.destination_rule.as_deref() == Some("bookinfo/details"));
+    }
+}

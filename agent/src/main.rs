@@ -43,6 +43,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent(args) => run_agent(*args).await,
         Command::Flows(args) => cmd::flows::run(args).await,
+        Command::Check(args) => cmd::check::run(args).await,
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             identity::ca::init(&dir, &trust_domain)?;
             println!("CA created in {} (Istio cacerts layout); pass it to agents with --ca", dir.display());

@@ -171,6 +171,14 @@ fn walkthrough_permissive_disable_strict() {
     let last: &Value = find(&flows, "source", &pp, &dt, 8080).into_iter().last().unwrap();
     assert_eq!(last["policy"]["destination_rule"], "bookinfo/details", "{last}");
     assert_eq!(last["mode"], "STRICT", "{last}");
+
+    // `lockmesh check` explains it, as `istioctl x describe pod` would.
+    let server = agent2.cli(&["check", "bookinfo/details"]).unwrap();
+    assert!(server.contains("STRICT") && server.contains("PeerAuthentication bookinfo/default"), "{server}");
+    let client = agent1.cli(&["check", "bookinfo/productpage"]).unwrap();
+    assert!(client.contains("details.bookinfo.svc.cluster.local:80"), "{client}");
+    assert!(client.contains("DestinationRule bookinfo/details sets ISTIO_MUTUAL"), "{client}");
+    assert!(agent1.cli(&["check", "bookinfo/nope"]).is_err(), "an unknown workload is an error");
 }
 
 #[test]

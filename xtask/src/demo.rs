@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: from a fresh clone, everything in one command.
 use std::net::SocketAddr;
 
-use lockmesh_tests::{Agent, Testbed};
+use lockmesh_tests::{Agent, Testbed, app::MARKER, capture::Capture, testbed::WIRE_IF};
 
 use crate::{step, testbed};
 
@@ -31,6 +31,13 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         ])
     })?;
 
+    // The mesh pods' traffic on the wire (the outsider is not in the mesh: left out).
+    let capture = Capture::start(
+        &tb.node("node2").netns_path(),
+        WIRE_IF,
+        &format!("tcp and not host {}", tb.pod("outsider").ip),
+        tb.work_dir.join("node2-wire.pcap"),
+    )?;
     step::run("making traffic", || {
         let to = |pod: &str| SocketAddr::new(tb.pod(pod).ip.into(), 9080);
         for (from, pod, path) in [
@@ -49,6 +56,17 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     })?;
     // Let the close events reach the agents.
     std::thread::sleep(std::time::Duration::from_millis(300));
+    let wire = capture.finish()?;
+    println!("\n$ tcpdump -i {WIRE_IF}        # on node2: what crossed the node-to-node wire");
+    for line in wire.summary.lines().filter(|l| l.contains(".15008")).take(6) {
+        println!("{line}");
+    }
+    println!(
+        "… {} packets between mesh pods: {} to/from HBONE port 15008; the apps' plaintext marker {}",
+        wire.packet_count(),
+        wire.packets_on_port(15008),
+        if wire.contains(MARKER.as_bytes()) { "appears" } else { "never appears" },
+    );
 
     for agent in &agents {
         println!("\n$ lockmesh flows        # on {}", agent.node);

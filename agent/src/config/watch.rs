@@ -2,7 +2,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use notify::{RecursiveMode, Watcher as _};
+use notify::{EventKind, RecursiveMode, Watcher as _, event::ModifyKind};
 use tokio::sync::mpsc;
 
 /// Keeps the watch alive; drop it to stop watching.
@@ -13,12 +13,20 @@ pub struct DirWatch {
 
 /// Editors and `kubectl cp` write files in several steps; wait this long after the last event.
 const SETTLE: Duration = Duration::from_millis(50);
+const MAX_SETTLE: Duration = Duration::from_millis(300);
 
 impl DirWatch {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         let (tx, changes) = mpsc::channel(1);
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             match event {
+                // Reads (the agent's own included) and metadata changes (atime) are not changes:
+                // reacting to them would make every reload trigger the next.
+                Ok(event)
+                    if matches!(
+                        event.kind,
+                        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                    ) => {}
                 // A full channel already means "read again"; one pending signal is enough.
                 Ok(_) => {
                     let _ = tx.try_send(());
@@ -34,12 +42,16 @@ impl DirWatch {
         Ok(Self { _watcher: watcher, changes })
     }
 
-    /// Waits for a change and for the writes that follow it to settle.
+    /// Waits for a change and for the writes that follow it to settle (at most `MAX_SETTLE`,
+    /// so a steady trickle of writes cannot hold reloads back).
     pub async fn changed(&mut self) -> Option<()> {
         self.changes.recv().await?;
+        let deadline = tokio::time::Instant::now() + MAX_SETTLE;
         loop {
-            match tokio::time::timeout(SETTLE, self.changes.recv()).await {
-                Ok(Some(())) => continue,
+            let wait = SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, self.changes.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                Ok(Some(())) => return Some(()),
                 Ok(None) => return None,
                 Err(_) => return Some(()),
             }

@@ -3,7 +3,7 @@
 //! resumption: what Istio ambient's ztunnel does and expects).
 pub mod ca;
 pub mod spiffe;
-mod verify;
+pub(crate) mod verify;
 
 use std::{
     collections::HashMap,

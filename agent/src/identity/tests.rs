@@ -181,3 +181,25 @@ async fn certificates_renew_at_half_life_and_new_handshakes_use_them() {
     assert_eq!(seen, ids.certificates().iter().find(|c| c.identity == DETAILS).unwrap().serial);
     renewer.abort();
 }
+
+#[test]
+fn a_leaf_alone_signed_by_the_root_verifies() {
+    // What a ztunnel peer sends: its leaf only, no chain. With the self-signed root, leaves are
+    // signed by the root itself.
+    let state = tempfile::tempdir().unwrap();
+    let ids = identities(None, state.path(), "cluster.local", Duration::from_secs(3600));
+    let ca = ca::Ca::load_or_create_self_signed(&state.path().join("ca"), "cluster.local").unwrap();
+    let leaf = ca.issue(PP, Duration::from_secs(60), [7; 16]).unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    let id = ids.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).unwrap();
+    assert_eq!(id.to_string(), PP);
+    // With a plug-in intermediate, the leaf alone does not lead to the root: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = plugin_ca(dir.path());
+    let ca = ca::Ca::load_plugin(dir.path()).unwrap();
+    let leaf = ca.issue(PP, Duration::from_secs(60), [7; 16]).unwrap();
+    assert!(plugin.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).is_err());
+    assert!(
+        plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, webpki::KeyUsage::client_auth()).is_ok()
+    );
+}

@@ -51,7 +51,7 @@ impl Trust {
     }
 
     /// Checks the chain for `usage` at `now`; returns the leaf's SPIFFE ID.
-    fn verify(
+    pub(super) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],

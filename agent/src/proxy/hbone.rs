@@ -302,7 +302,25 @@ fn connect_request(authority: SocketAddr, client: SocketAddr) -> Request<()> {
     if let Ok(value) = http::HeaderValue::try_from(format!("for=\"{client}\"")) {
         headers.insert(http::header::FORWARDED, value);
     }
+    // W3C trace context, as ztunnel sends: a fresh trace per tunneled connection, sampled off.
+    let ids = trace_ids();
+    if let Ok(value) = http::HeaderValue::try_from(format!("00-{:032x}-{:016x}-00", ids.0, ids.1)) {
+        headers.insert("traceparent", value);
+    }
     request
+}
+
+/// Non-cryptographic ids for `traceparent` (never zero, as the spec requires).
+fn trace_ids() -> (u128, u64) {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    let a = hasher.finish();
+    hasher.write_u64(a);
+    let b = hasher.finish();
+    (((a as u128) << 64 | b as u128).max(1), (a ^ b.rotate_left(17)).max(1))
 }
 
 /// The client address a CONNECT request names in its `forwarded: for="ip:port"` header.
