@@ -4,15 +4,32 @@
 //! Istio accepts but ignores (or lockmesh does not honour) is a warning.
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_yaml_ng::{Mapping, Value};
 
-use super::objects::{FieldError, Metadata, Warning, check_dns_label};
+use super::objects::{FieldError, Metadata, Warning, check_dns_label, from_document};
 use crate::model::{DestinationRule, PeerAuthentication, PeerMtlsMode, TlsMode, TrafficPolicy};
+
+/// A `PeerAuthentication` document → the model: the one conversion both sources use (a YAML
+/// document of the config dir, a JSON object of the Kubernetes API). `apiVersion` and `kind` are
+/// the caller's to check.
+pub fn peer_authentication<'de, D: Deserializer<'de>>(
+    document: D,
+    root_namespace: &str,
+) -> Result<(PeerAuthentication, Vec<Warning>), FieldError> {
+    from_document::<PeerAuthenticationDoc, D>(document)?.into_model(root_namespace)
+}
+
+/// A `DestinationRule` document → the model, for both sources (see [`peer_authentication`]).
+pub fn destination_rule<'de, D: Deserializer<'de>>(
+    document: D,
+) -> Result<(DestinationRule, Vec<Warning>), FieldError> {
+    from_document::<DestinationRuleDoc, D>(document)?.into_model()
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PeerAuthenticationDoc {
+struct PeerAuthenticationDoc {
     metadata: Metadata,
     #[serde(default)]
     spec: Option<PeerAuthenticationSpec>,
@@ -44,7 +61,7 @@ struct MtlsDoc {
 }
 
 impl PeerAuthenticationDoc {
-    pub fn into_model(self, root_namespace: &str) -> Result<(PeerAuthentication, Vec<Warning>), FieldError> {
+    fn into_model(self, root_namespace: &str) -> Result<(PeerAuthentication, Vec<Warning>), FieldError> {
         let key = self.metadata.key()?;
         let creation_timestamp = self.metadata.creation_timestamp()?;
         let spec = self.spec.unwrap_or_default();
@@ -108,7 +125,7 @@ fn nested<T: DeserializeOwned>(prefix: &str, value: Value) -> Result<T, FieldErr
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DestinationRuleDoc {
+struct DestinationRuleDoc {
     metadata: Metadata,
     spec: DestinationRuleSpec,
 }
@@ -156,7 +173,7 @@ struct PortSelectorDoc {
 }
 
 impl DestinationRuleDoc {
-    pub fn into_model(self) -> Result<(DestinationRule, Vec<Warning>), FieldError> {
+    fn into_model(self) -> Result<(DestinationRule, Vec<Warning>), FieldError> {
         let key = self.metadata.key()?;
         let creation_timestamp = self.metadata.creation_timestamp()?;
         let spec = self.spec;

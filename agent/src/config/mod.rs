@@ -20,7 +20,10 @@ use std::{
 };
 
 pub use error::ConfigError;
+pub use istio::{destination_rule, peer_authentication};
+pub use objects::{FieldError, Warning};
 use objects::{Object, ObjectId, ParsedObject, parse_file};
+pub use service::service;
 
 use crate::model::{ClusterState, ObjectKey, PeerAuthentication, Workload, creation_order};
 

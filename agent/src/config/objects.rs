@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
 use super::ConfigError;
@@ -102,8 +102,10 @@ pub struct Document<'a> {
 }
 
 impl Document<'_> {
+    /// `field` `.` is the document itself.
     fn invalid(&self, id: Option<&ObjectId>, field: &str, message: String) -> DocumentError {
-        Box::new((id.cloned(), ConfigError::invalid(self.path, self.number, id, Some(field.into()), message)))
+        let field = (field != ".").then(|| field.to_string());
+        Box::new((id.cloned(), ConfigError::invalid(self.path, self.number, id, field, message)))
     }
 
     /// Deserializes the document as `D`, then builds the object with `build`.
@@ -113,11 +115,20 @@ impl Document<'_> {
         value: Value,
         build: impl FnOnce(D) -> Result<(Object, Vec<Warning>), FieldError>,
     ) -> Result<Option<(ParsedObject, Vec<Warning>)>, DocumentError> {
+        self.convert(id, value, |value| build(from_document(value)?))
+    }
+
+    /// Builds the object from the whole document with `convert` (deserializing included).
+    fn convert(
+        &self,
+        id: Option<ObjectId>,
+        value: Value,
+        convert: impl FnOnce(Value) -> Result<(Object, Vec<Warning>), FieldError>,
+    ) -> Result<Option<(ParsedObject, Vec<Warning>)>, DocumentError> {
         let Some(id) = id else {
             return Err(self.invalid(None, "metadata.name", "missing or not a string".into()));
         };
-        let doc: D = typed(self.path, self.number, &id, value)?;
-        let (kind, warnings) = build(doc).map_err(|(field, msg)| self.invalid(Some(&id), &field, msg))?;
+        let (kind, warnings) = convert(value).map_err(|(field, msg)| self.invalid(Some(&id), &field, msg))?;
         Ok(Some((ParsedObject { id, document: Some(self.number), kind }, warnings)))
     }
 }
@@ -149,11 +160,12 @@ fn parse_document(
             doc.build(id, value, |d: WorkloadDoc| Ok((Object::Workload(d.into_model()?), Vec::new())))
         }
         "Workload" => Err(wrong_version(&[LOCKMESH_API])),
-        "Service" if api_version == "v1" => doc
-            .build(id, value, |d: super::service::ServiceDoc| Ok((Object::Service(d.into_model()?), vec![]))),
+        "Service" if api_version == "v1" => {
+            doc.convert(id, value, |v| Ok((Object::Service(super::service::service(v)?), vec![])))
+        }
         "PeerAuthentication" if PEER_AUTHENTICATION_APIS.contains(&api_version.as_str()) => {
-            doc.build(id, value, |d: super::istio::PeerAuthenticationDoc| {
-                let (pa, warnings) = d.into_model(root)?;
+            doc.convert(id, value, |v| {
+                let (pa, warnings) = super::istio::peer_authentication(v, root)?;
                 Ok((Object::PeerAuthentication(pa), warnings))
             })
         }
@@ -161,8 +173,8 @@ fn parse_document(
             Err(wrong_version(PEER_AUTHENTICATION_APIS))
         }
         "DestinationRule" if DESTINATION_RULE_APIS.contains(&api_version.as_str()) => {
-            doc.build(id, value, |d: super::istio::DestinationRuleDoc| {
-                let (dr, warnings) = d.into_model()?;
+            doc.convert(id, value, |v| {
+                let (dr, warnings) = super::istio::destination_rule(v)?;
                 Ok((Object::DestinationRule(dr), warnings))
             })
         }
@@ -183,21 +195,10 @@ fn object_id(kind: &str, value: &Value) -> Option<ObjectId> {
     Some(ObjectId { kind: kind.to_string(), key: ObjectKey::new(namespace, name) })
 }
 
-/// Deserializes a document into `T`, naming the offending field on error.
-fn typed<T: DeserializeOwned>(
-    path: &Path,
-    number: usize,
-    id: &ObjectId,
-    value: Value,
-) -> Result<T, DocumentError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        let field = (field != ".").then_some(field);
-        Box::new((
-            Some(id.clone()),
-            ConfigError::invalid(path, number, Some(id), field, e.into_inner().to_string()),
-        ))
-    })
+/// Deserializes a whole document (a YAML or a JSON value) into `T`, naming the offending field
+/// on error (`.` for the document itself).
+pub fn from_document<'de, T: Deserialize<'de>, D: Deserializer<'de>>(document: D) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(document).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
 }
 
 pub const DEFAULT_NAMESPACE: &str = "default";

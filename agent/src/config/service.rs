@@ -2,14 +2,20 @@
 //! `status`…) are ignored, so manifests can be copied as they are.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use super::objects::{FieldError, Metadata};
+use super::objects::{FieldError, Metadata, from_document};
 use crate::model::{ClusterIp, Protocol, Service, ServicePort, TargetPort};
+
+/// A `Service` document → the model, for both sources (the config dir's YAML, the Kubernetes
+/// API's JSON).
+pub fn service<'de, D: Deserializer<'de>>(document: D) -> Result<Service, FieldError> {
+    from_document::<ServiceDoc, D>(document)?.into_model()
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceDoc {
+struct ServiceDoc {
     metadata: Metadata,
     #[serde(default)]
     spec: ServiceSpec,
@@ -47,7 +53,7 @@ enum IntOrString {
 }
 
 impl ServiceDoc {
-    pub fn into_model(self) -> Result<Service, FieldError> {
+    fn into_model(self) -> Result<Service, FieldError> {
         let key = self.metadata.key()?;
         let mut ports: Vec<ServicePort> = Vec::new();
         for (i, doc) in self.spec.ports.unwrap_or_default().into_iter().enumerate() {
