@@ -3,7 +3,6 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
@@ -14,7 +13,6 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
-    config::{ConfigDir, watch::DirWatch},
     desired::StrictExemption,
     desired::{self, Classes},
     enrolment::Enrolment,
@@ -26,12 +24,14 @@ use crate::{
     podnet,
     policy::MeshParams,
     proxy::Engine,
+    source::{Source, SourceOptions, Update},
 };
 
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub node: String,
-    pub config_dir: PathBuf,
+    /// Where workloads, services and policies come from.
+    pub source: SourceOptions,
     pub admin: SocketAddr,
     pub trust_domain: String,
     pub datapath: DatapathOptions,
@@ -202,43 +202,44 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
 
     let _ = readiness.engine.set(EngineHandles { pool: node.engine.pool(), identities });
-    let mut config = ConfigDir::new(&options.config_dir).with_root_namespace(&options.mesh.root_namespace);
-    let mut watch = DirWatch::new(&options.config_dir)?;
+    let mut source = Source::start(&options.source, &options.mesh.root_namespace).await?;
     let mut state = Arc::new(ClusterState::default());
-    let reload = |config: &mut ConfigDir, state: &mut Arc<ClusterState>| match config.reload() {
-        Ok(reload) => {
-            for error in &reload.errors {
-                if error.is_warning() {
-                    tracing::warn!(%error, "config warning; the object is used as described");
-                } else {
-                    tracing::error!(%error, "config error; keeping the last good version of what it describes");
-                }
+    let reload = |update: Update, state: &mut Arc<ClusterState>| {
+        let Some(new_state) = update.state else {
+            for problem in &update.problems {
+                tracing::error!(error = %problem.message, "keeping the last good config");
             }
-            if let Ok(mut errors) = readiness.config_errors.lock() {
-                *errors = reload.errors.iter().map(ToString::to_string).collect();
+            return;
+        };
+        for problem in &update.problems {
+            if problem.warning {
+                tracing::warn!(error = %problem.message, "config warning; the object is used as described");
+            } else {
+                tracing::error!(error = %problem.message, "config error; keeping the last good version of what it describes");
             }
-            *state = Arc::new(reload.state);
-            readiness.config_loaded.store(true, Ordering::Release);
         }
-        Err(error) => tracing::error!(%error, "cannot read the config dir; keeping the last good config"),
+        if let Ok(mut errors) = readiness.config_errors.lock() {
+            *errors = update.problems.into_iter().map(|p| p.message).collect();
+        }
+        *state = Arc::new(new_state);
+        readiness.config_loaded.store(true, Ordering::Release);
     };
 
-    reload(&mut config, &mut state);
+    let Some(first) = source.next_state().await else { anyhow::bail!("{} ended", options.source) };
+    reload(first, &mut state);
     node.apply(&state).await?;
     // Ready only now: a connection made after /readyz says so is steered and observed.
     readiness.datapath_synced.store(true, Ordering::Release);
-    tracing::info!(node = %options.node, config = %options.config_dir.display(), "agent ready");
+    tracing::info!(node = %options.node, source = %options.source, "agent ready");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut tick = tokio::time::interval(RETRY_EVERY);
     loop {
         tokio::select! {
-            changed = watch.changed() => {
-                if changed.is_none() {
-                    anyhow::bail!("config dir watch ended");
-                }
-                reload(&mut config, &mut state);
+            update = source.next_state() => {
+                let Some(update) = update else { anyhow::bail!("{} ended", options.source) };
+                reload(update, &mut state);
                 node.apply(&state).await?;
             }
             _ = tick.tick() => {

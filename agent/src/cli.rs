@@ -22,6 +22,9 @@ Examples:
   lockmesh ca init --dir /etc/lockmesh/ca
   lockmesh agent --node node1 --config /etc/lockmesh --ca /etc/lockmesh/ca
 
+  # In a cluster (see deploy/): pods, Services and Istio policies from the API server:
+  lockmesh agent --kube --node node1 --proc-root /host/proc --admin 0.0.0.0:15000
+
   # Remove everything a crashed agent of node1 left in the kernel:
   lockmesh agent --node node1 --cleanup";
 
@@ -109,8 +112,24 @@ pub struct AgentArgs {
 
     /// Directory of YAML files (multi-document): lockmesh `Workload`s and, later, Istio
     /// policies. Watched: changes apply live. A broken file keeps its last good version.
-    #[arg(long, value_name = "DIR", required_unless_present = "cleanup")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["cleanup", "kube"], conflicts_with = "kube")]
     pub config: Option<PathBuf>,
+
+    /// Read pods, namespaces, services and Istio policies from the Kubernetes API instead of
+    /// --config. Pods of namespaces labelled istio.io/dataplane-mode=ambient or
+    /// lockmesh.io/mesh=enabled are in the mesh.
+    #[arg(long)]
+    pub kube: bool,
+
+    /// Kubeconfig for --kube [default: in-cluster service account, else $KUBECONFIG or
+    /// ~/.kube/config].
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The host's /proc, where --kube finds this node's pods' network namespaces (the agent
+    /// needs the host's PID namespace).
+    #[arg(long, value_name = "PATH", default_value = "/proc")]
+    pub proc_root: PathBuf,
 
     /// Address of the admin endpoint (/healthz, /readyz, /flows).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]

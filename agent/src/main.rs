@@ -9,7 +9,9 @@ use lockmesh::{
     flows::FlowLimits,
     identity::{self, IdentityOptions},
     kernel::{self, DatapathOptions},
+    kube::KubeOptions,
     policy::MeshParams,
+    source::SourceOptions,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -58,17 +60,23 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if args.cleanup {
         return kernel::remove_pins(&pin_dir);
     }
-    let Some(config_dir) = args.config else { bail!("--config DIR is required") };
-    if !config_dir.is_dir() {
-        bail!("--config {}: not a directory", config_dir.display());
-    }
+    let source = match args.config {
+        Some(dir) if !dir.is_dir() => bail!("--config {}: not a directory", dir.display()),
+        Some(dir) => SourceOptions::Dir(dir),
+        None if args.kube => SourceOptions::Kube(KubeOptions {
+            kubeconfig: args.kubeconfig,
+            node: args.node.clone(),
+            proc_root: args.proc_root,
+        }),
+        None => bail!("--config DIR or --kube is required"),
+    };
     let cgroup = match args.cgroup {
         Some(path) => path,
         None => cgroup2_root()?,
     };
     agent::run(AgentOptions {
         node: args.node,
-        config_dir,
+        source,
         admin: args.admin,
         identity: IdentityOptions {
             trust_domain: args.trust_domain.clone(),

@@ -1,0 +1,282 @@
+//! Kubernetes objects → the model: which pods are mesh workloads, and Services and Istio policies
+//! through the very conversions the config dir uses (objects serialized back to JSON first).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
+use kube::api::DynamicObject;
+use serde::Serialize;
+
+use crate::{
+    config::{self, FieldError, Warning},
+    model::{ClusterState, ObjectKey, Workload},
+    source::Problem,
+};
+
+/// Namespace labels that put a namespace's pods in the mesh (Istio ambient's, and lockmesh's own).
+pub const ENROLLED_NAMESPACE: &[(&str, &str)] =
+    &[("istio.io/dataplane-mode", "ambient"), ("lockmesh.io/mesh", "enabled")];
+/// Pod labels that keep a pod of an enrolled namespace out of the mesh.
+pub const OPTED_OUT_POD: &[(&str, &str)] =
+    &[("istio.io/dataplane-mode", "none"), ("lockmesh.io/mesh", "disabled")];
+
+/// Everything the watches hold at one moment.
+#[derive(Default)]
+pub struct Objects {
+    pub pods: Vec<Arc<Pod>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub services: Vec<Arc<KubeService>>,
+    pub peer_authentications: Vec<Arc<DynamicObject>>,
+    pub destination_rules: Vec<Arc<DynamicObject>>,
+}
+
+fn has_label(labels: Option<&BTreeMap<String, String>>, wanted: &[(&str, &str)]) -> bool {
+    labels.is_some_and(|labels| wanted.iter().any(|(k, v)| labels.get(*k).is_some_and(|l| l == v)))
+}
+
+pub fn namespace_enrolled(namespace: &Namespace) -> bool {
+    has_label(namespace.metadata.labels.as_ref(), ENROLLED_NAMESPACE)
+}
+
+/// The workload a pod is, if it is one: its namespace is enrolled, it did not opt out, it does
+/// not share the node's network, it is not finished and it has an IPv4 address. Returns the pod's
+/// UID too (to find its network namespace); `netns` is left empty.
+pub fn pod_workload(pod: &Pod, enrolled_namespaces: &BTreeSet<String>) -> Option<(String, Workload)> {
+    let meta = &pod.metadata;
+    let namespace = meta.namespace.as_ref()?;
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    if !enrolled_namespaces.contains(namespace)
+        || has_label(meta.labels.as_ref(), OPTED_OUT_POD)
+        || spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return None;
+    }
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut addresses: Vec<Ipv4Addr> =
+        listed.chain(status.pod_ip.as_deref()).filter_map(|ip| ip.parse().ok()).collect();
+    dedup_keep_order(&mut addresses);
+    if addresses.is_empty() {
+        return None;
+    }
+    let workload = Workload {
+        key: ObjectKey::new(namespace.clone(), meta.name.clone()?),
+        labels: meta.labels.clone().unwrap_or_default(),
+        node: spec.node_name.clone().filter(|n| !n.is_empty())?,
+        service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".to_string()),
+        addresses,
+        netns: None,
+    };
+    Some((meta.uid.clone().unwrap_or_default(), workload))
+}
+
+fn dedup_keep_order(addresses: &mut Vec<Ipv4Addr>) {
+    let mut seen = BTreeSet::new();
+    addresses.retain(|ip| seen.insert(*ip));
+}
+
+/// The cluster state of `objects`. `find_netns` gets the UIDs of this node's workloads once and
+/// returns the network namespace paths it found. Also returns whether a local workload has none
+/// yet (worth another look soon).
+pub fn cluster_state(
+    objects: &Objects,
+    node: &str,
+    root_namespace: &str,
+    find_netns: impl FnOnce(&[String]) -> HashMap<String, PathBuf>,
+) -> (ClusterState, Vec<Problem>, bool) {
+    let mut problems = Vec::new();
+    let enrolled: BTreeSet<String> = objects
+        .namespaces
+        .iter()
+        .filter(|ns| namespace_enrolled(ns))
+        .filter_map(|ns| ns.metadata.name.clone())
+        .collect();
+    let mut workloads: BTreeMap<ObjectKey, (String, Workload)> = BTreeMap::new();
+    for (uid, workload) in objects.pods.iter().filter_map(|pod| pod_workload(pod, &enrolled)) {
+        workloads.insert(workload.key.clone(), (uid, workload));
+    }
+    let local: Vec<String> =
+        workloads.values().filter(|(_, w)| w.node == node).map(|(uid, _)| uid.clone()).collect();
+    let netns = if local.is_empty() { HashMap::new() } else { find_netns(&local) };
+    let mut missing_netns = false;
+    let mut owners: BTreeMap<Ipv4Addr, ObjectKey> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for (uid, mut workload) in workloads.into_values() {
+        if workload.node == node {
+            workload.netns = netns.get(&uid).cloned();
+            missing_netns |= workload.netns.is_none();
+        }
+        if let Some((ip, owner)) = workload.addresses.iter().find_map(|ip| owners.get(ip).map(|o| (ip, o))) {
+            let message =
+                format!("Pod {}: address {ip} already belongs to Pod {owner}; left out", workload.key);
+            problems.push(Problem { warning: false, message });
+            continue;
+        }
+        owners.extend(workload.addresses.iter().map(|ip| (*ip, workload.key.clone())));
+        kept.push(Arc::new(workload));
+    }
+
+    let state = ClusterState {
+        workloads: kept,
+        services: convert_all("Service", &objects.services, &mut problems, |v| {
+            config::service(v).map(|s| (s, Vec::new()))
+        }),
+        peer_authentications: convert_all(
+            "PeerAuthentication",
+            &objects.peer_authentications,
+            &mut problems,
+            |v| config::peer_authentication(v, root_namespace),
+        ),
+        destination_rules: convert_all("DestinationRule", &objects.destination_rules, &mut problems, |v| {
+            config::destination_rule(v)
+        }),
+    };
+    (state, problems, missing_netns)
+}
+
+/// Converts each object (as its JSON form) with the config dir's conversion, sorted by key;
+/// objects that fail are left out and reported.
+fn convert_all<K: Serialize, T: HasKey>(
+    kind: &str,
+    objects: &[Arc<K>],
+    problems: &mut Vec<Problem>,
+    convert: impl Fn(serde_json::Value) -> Result<(T, Vec<Warning>), FieldError>,
+) -> Vec<Arc<T>> {
+    let mut out: BTreeMap<ObjectKey, Arc<T>> = BTreeMap::new();
+    for object in objects {
+        let value = match serde_json::to_value(object.as_ref()) {
+            Ok(value) => value,
+            Err(e) => {
+                problems.push(Problem { warning: false, message: format!("{kind}: {e}") });
+                continue;
+            }
+        };
+        let name = object_name(&value);
+        match convert(value) {
+            Ok((converted, warnings)) => {
+                problems.extend(warnings.into_iter().map(|(field, message)| Problem {
+                    warning: true,
+                    message: format!("{kind} {name}: {}{message}", field_prefix(field.as_deref())),
+                }));
+                out.insert(converted.key().clone(), Arc::new(converted));
+            }
+            Err((field, message)) => problems.push(Problem {
+                warning: false,
+                message: format!("{kind} {name}: {}{message}; left out", field_prefix(Some(&field))),
+            }),
+        }
+    }
+    out.into_values().collect()
+}
+
+fn field_prefix(field: Option<&str>) -> String {
+    match field {
+        Some(field) if field != "." => format!("{field}: "),
+        _ => String::new(),
+    }
+}
+
+fn object_name(value: &serde_json::Value) -> String {
+    let get = |field: &str| value.pointer(&format!("/metadata/{field}")).and_then(|v| v.as_str());
+    format!("{}/{}", get("namespace").unwrap_or("-"), get("name").unwrap_or("-"))
+}
+
+trait HasKey {
+    fn key(&self) -> &ObjectKey;
+}
+
+impl HasKey for crate::model::Service {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+impl HasKey for crate::model::PeerAuthentication {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+impl HasKey for crate::model::DestinationRule {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(value).unwrap())
+    }
+
+    fn pod(name: &str, ip: &str) -> Arc<Pod> {
+        object(json!({
+            "metadata": {"namespace": "mesh", "name": name, "uid": format!("uid-{name}")},
+            "spec": {"nodeName": "node1", "containers": []},
+            "status": {"podIPs": [{"ip": ip}]},
+        }))
+    }
+
+    #[test]
+    fn broken_policies_are_left_out_and_warnings_kept() {
+        let pa = |name: &str, spec: serde_json::Value| {
+            object::<DynamicObject>(json!({
+                "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"namespace": "istio-system", "name": name}, "spec": spec,
+            }))
+        };
+        let objects = Objects {
+            peer_authentications: vec![
+                pa("broken", json!({"mtls": {"mode": "SOMETIMES"}})),
+                pa(
+                    "selector",
+                    json!({"selector": {"matchLabels": {"app": "x"}}, "mtls": {"mode": "STRICT"}}),
+                ),
+            ],
+            ..Objects::default()
+        };
+        let (state, problems, _) = cluster_state(&objects, "node1", "istio-system", |_| HashMap::new());
+        assert_eq!(state.peer_authentications.len(), 1);
+        assert_eq!(state.peer_authentications[0].key.name, "selector");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            !problems[0].warning
+                && problems[0].message.starts_with("PeerAuthentication istio-system/broken: spec.mtls.mode")
+        );
+        assert!(problems[1].warning && problems[1].message.contains("root namespace"));
+    }
+
+    #[test]
+    fn default_service_account_shared_addresses_and_missing_netns() {
+        let namespace = object::<Namespace>(
+            json!({"metadata": {"name": "mesh", "labels": {"lockmesh.io/mesh": "enabled"}}}),
+        );
+        let objects = Objects {
+            pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.1"), pod("c", "10.0.0.2")],
+            namespaces: vec![namespace],
+            ..Objects::default()
+        };
+        let mut asked = Vec::new();
+        let (state, problems, missing) = cluster_state(&objects, "node1", "istio-system", |uids| {
+            asked = uids.to_vec();
+            HashMap::from([("uid-a".to_string(), PathBuf::from("/proc/1/ns/net"))])
+        });
+        assert_eq!(asked, ["uid-a", "uid-b", "uid-c"]);
+        let names: Vec<&str> = state.workloads.iter().map(|w| w.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(state.workloads[0].service_account, "default");
+        assert_eq!(state.workloads[0].netns, Some(PathBuf::from("/proc/1/ns/net")));
+        assert!(missing, "c has no process yet");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("10.0.0.1 already belongs to Pod mesh/a"));
+    }
+}
