@@ -284,4 +284,6 @@ async fn settle(changed: &Notify) {
 }
 
 #[cfg(test)]
+mod deploy_tests;
+#[cfg(test)]
 mod tests;
