@@ -123,7 +123,7 @@ pub struct AgentArgs {
 
     /// Kubeconfig for --kube [default: in-cluster service account, else $KUBECONFIG or
     /// ~/.kube/config].
-    #[arg(long, value_name = "PATH", requires = "kube")]
+    #[arg(long, value_name = "PATH", requires = "kube", conflicts_with = "config")]
     pub kubeconfig: Option<PathBuf>,
 
     /// The host's /proc, where --kube finds this node's pods' network namespaces (the agent

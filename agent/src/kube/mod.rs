@@ -148,25 +148,43 @@ impl KubeSource {
     }
 }
 
-/// The first version of `kind` the API server serves, if any.
+/// The first version of `kind` the API server serves, if any. Errors other than "not found"
+/// are retried: taking a passing outage for "Istio is not installed" would drop STRICT policies.
 async fn served(client: &Client, kind: &IstioKind) -> Option<ApiResource> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match discover(client, kind).await {
+            Ok(found) => return found,
+            Err(e) => {
+                tracing::warn!(group = kind.group, error = %e, "cannot list the API group; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn discover(client: &Client, kind: &IstioKind) -> Result<Option<ApiResource>, kube::Error> {
     for version in kind.versions {
         let api_version = format!("{}/{version}", kind.group);
         match client.list_api_group_resources(&api_version).await {
             Ok(list) if list.resources.iter().any(|r| r.name == kind.plural) => {
-                return Some(ApiResource {
+                return Ok(Some(ApiResource {
                     group: kind.group.into(),
                     version: (*version).into(),
                     api_version,
                     kind: kind.kind.into(),
                     plural: kind.plural.into(),
-                });
+                }));
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(%api_version, error = %e, "API version not served"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::debug!(%api_version, "API version not served")
+            }
+            Err(e) => return Err(e),
         }
     }
-    None
+    Ok(None)
 }
 
 /// Watches `api` into a store, signalling `changed` on every change; resyncs with backoff.

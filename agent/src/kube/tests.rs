@@ -248,3 +248,18 @@ async fn api_objects_become_the_same_cluster_state_as_the_config_dir() {
     let names: Vec<String> = update.state.unwrap().workloads.iter().map(|w| w.key.to_string()).collect();
     assert_eq!(names, ["mesh/a", "mesh/b", "mine/c", "mine/e"]);
 }
+
+#[test]
+fn kube_and_config_exclude_each_other() {
+    use clap::Parser as _;
+
+    use crate::cli::Cli;
+    let parse = |args: &[&str]| Cli::try_parse_from(["lockmesh", "agent", "--node", "n"].iter().chain(args));
+    assert!(parse(&["--kube"]).is_ok());
+    assert!(parse(&["--kube", "--kubeconfig", "/k"]).is_ok());
+    assert!(parse(&["--config", "/c"]).is_ok());
+    assert!(parse(&["--kube", "--config", "/c"]).is_err());
+    assert!(parse(&["--kubeconfig", "/k", "--config", "/c"]).is_err());
+    assert!(parse(&[]).is_err());
+    assert!(parse(&["--kubeconfig", "/k"]).is_err());
+}
