@@ -215,7 +215,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             if problem.warning {
                 tracing::warn!(error = %problem.message, "config warning; the object is used as described");
             } else {
-                tracing::error!(error = %problem.message, "config error; keeping the last good version of what it describes");
+                let error = &problem.message;
+                tracing::error!(%error, "config error; keeping the last good version of what it describes");
             }
         }
         if let Ok(mut errors) = readiness.config_errors.lock() {

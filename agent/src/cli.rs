@@ -112,7 +112,8 @@ pub struct AgentArgs {
 
     /// Directory of YAML files (multi-document): lockmesh `Workload`s and, later, Istio
     /// policies. Watched: changes apply live. A broken file keeps its last good version.
-    #[arg(long, value_name = "DIR", required_unless_present_any = ["cleanup", "kube"], conflicts_with = "kube")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kube")]
+    #[arg(required_unless_present_any = ["cleanup", "kube"])]
     pub config: Option<PathBuf>,
 
     /// Read pods, namespaces, services and Istio policies from the Kubernetes API instead of

@@ -68,8 +68,10 @@ impl NetnsFinder {
 mod tests {
     use super::*;
 
-    const SYSTEMD: &str = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6f1c2d3e_aaaa_4bbb_8ccc_123456789abc.slice/cri-containerd-0123.scope\n";
-    const CGROUPFS: &str = "12:memory:/kubepods/besteffort/pod0a0b0c0d-1111-2222-3333-444455556666/abcdef\n0::/kubepods/besteffort/pod0a0b0c0d-1111-2222-3333-444455556666/abcdef\n";
+    const SYSTEMD: &str = "0::/kubepods.slice/kubepods-burstable.slice/\
+        kubepods-burstable-pod6f1c2d3e_aaaa_4bbb_8ccc_123456789abc.slice/cri-containerd-0123.scope\n";
+    const CGROUPFS: &str = "12:memory:/kubepods/besteffort/pod0a0b0c0d-1111-2222-3333-444455556666/abcdef\n\
+        0::/kubepods/besteffort/pod0a0b0c0d-1111-2222-3333-444455556666/abcdef\n";
     const SYSTEMD_UID: &str = "6f1c2d3e-aaaa-4bbb-8ccc-123456789abc";
     const CGROUPFS_UID: &str = "0a0b0c0d-1111-2222-3333-444455556666";
 

@@ -14,7 +14,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 const LOCAL_UID: &str = "6f1c2d3e-aaaa-4bbb-8ccc-123456789abc";
 
 fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+    let metadata = json!({"resourceVersion": "1"});
+    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": metadata, "items": items})
 }
 
 fn namespace(name: &str, labels: Value) -> Value {
@@ -26,7 +27,8 @@ fn pod(ns: &str, name: &str, node: &str, ip: Option<&str>, extra: Value) -> Valu
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": {"app": name},
                      "managedFields": [{"manager": "kubectl"}]},
-        "spec": {"nodeName": node, "serviceAccountName": format!("{name}-sa"), "containers": [{"name": "app"}]},
+        "spec": {"nodeName": node, "serviceAccountName": format!("{name}-sa"),
+                 "containers": [{"name": "app"}]},
         "status": {"phase": "Running"},
     });
     if let Some(ip) = ip {
@@ -104,13 +106,18 @@ async fn serve(mut handle: Handle, responses: BTreeMap<String, Value>, add_pod: 
                 let Some((request, send)) = next else { return };
                 let path = request.uri().path().to_string();
                 if request.uri().query().unwrap_or_default().contains("watch=true") {
-                    if path == "/api/v1/pods" && pod_watch.is_none() { pod_watch = Some(send) } else { held.push(send) }
+                    if path == "/api/v1/pods" && pod_watch.is_none() {
+                        pod_watch = Some(send);
+                    } else {
+                        held.push(send);
+                    }
                     continue;
                 }
                 let response = match responses.get(&path) {
                     Some(body) => Response::new(Body::from(serde_json::to_vec(body).unwrap())),
                     None => {
-                        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+                        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                            "reason": "NotFound", "code": 404});
                         let mut response = Response::new(Body::from(serde_json::to_vec(&status).unwrap()));
                         *response.status_mut() = http::StatusCode::NOT_FOUND;
                         response
@@ -162,7 +169,8 @@ fn responses() -> BTreeMap<String, Value> {
     ];
     let discovery = |gv: &str, kind: &str, plural: &str| {
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
-            {"name": plural, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]}]})
+            {"name": plural, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind,
+             "verbs": ["get", "list", "watch"]}]})
     };
     let docs = format!("{PEER_AUTHENTICATIONS}---{DESTINATION_RULES_AND_SERVICES}");
     let mut r = BTreeMap::new();
