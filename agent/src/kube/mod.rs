@@ -196,13 +196,14 @@ fn watch<K>(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Trim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let store = writer.as_reader();
     let changed = changed.clone();
     let kind = kind.to_string();
     let stream = watcher(api, watcher::Config::default()).default_backoff().modify(|object: &mut K| {
+        object.trim();
         // Not needed, and the bulk of many objects.
         object.managed_fields_mut().clear();
         object.annotations_mut().clear();
@@ -220,6 +221,34 @@ where
         }
     }));
     store
+}
+
+/// Drops what lockmesh never reads before objects are stored: every pod of the cluster is kept.
+trait Trim {
+    fn trim(&mut self) {}
+}
+
+impl Trim for Namespace {}
+impl Trim for KubeService {}
+impl Trim for DynamicObject {}
+
+impl Trim for Pod {
+    fn trim(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.containers.clear();
+            spec.init_containers = None;
+            spec.ephemeral_containers = None;
+            spec.volumes = None;
+            spec.affinity = None;
+            spec.tolerations = None;
+        }
+        if let Some(status) = &mut self.status {
+            status.conditions = None;
+            status.container_statuses = None;
+            status.init_container_statuses = None;
+            status.ephemeral_container_statuses = None;
+        }
+    }
 }
 
 struct Stores {
