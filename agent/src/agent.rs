@@ -166,6 +166,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         AdminState { readiness: readiness.clone(), flows: table.clone(), inventory: inventory.clone() },
     ));
 
+    // Before the kernel is touched: a bad kubeconfig or config dir fails fast.
+    let mut source = Source::start(&options.source, &options.mesh.root_namespace).await?;
+
     let mut datapath = Datapath::load(&options.datapath)?;
     let enrolled_map = datapath.enrolled_map()?;
     let capture_map = datapath.capture_map()?;
@@ -202,7 +205,6 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
 
     let _ = readiness.engine.set(EngineHandles { pool: node.engine.pool(), identities });
-    let mut source = Source::start(&options.source, &options.mesh.root_namespace).await?;
     let mut state = Arc::new(ClusterState::default());
     let reload = |update: Update, state: &mut Arc<ClusterState>| {
         let Some(new_state) = update.state else {

@@ -91,8 +91,7 @@ impl KubeSource {
     pub async fn start(options: &KubeOptions, root_namespace: &str) -> anyhow::Result<Self> {
         let config = match &options.kubeconfig {
             Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                let kubeconfig = Kubeconfig::read_from(path).context("reading the kubeconfig")?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
             }
             None => kube::Config::infer()
