@@ -225,6 +225,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     reload(&mut config, &mut state);
     node.apply(&state).await?;
+    node.datapath.release_inherited_guards();
     // Ready only now: a connection made after /readyz says so is steered and observed.
     readiness.datapath_synced.store(true, Ordering::Release);
     tracing::info!(node = %options.node, config = %options.config_dir.display(), "agent ready");
@@ -271,8 +272,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     admin.abort();
     let Node { datapath, .. } = node;
     drop(counters);
-    datapath.detach_and_unpin()?;
-    tracing::info!("detached; bye");
+    datapath.leave_in_place();
+    tracing::info!("bye");
     Ok(())
 }
 
