@@ -1,8 +1,9 @@
 //! One measurement each: run the load generator in the variant's client pod against its server
 //! pod, parse what it prints, account the CPU of the variant's processes.
 use std::{
+    io::Read,
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -80,24 +81,57 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs a load generator in a pod to completion; its stdout.
-fn run_in_pod(tb: &Testbed, pod: &str, program: &str, args: &[String]) -> anyhow::Result<String> {
+/// Runs a load generator in a pod to completion (killed after `timeout`); its stdout.
+fn run_in_pod(
+    tb: &Testbed,
+    pod: &str,
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let ns = tb.pod(pod).netns_path();
-    let output = netns::command_in(&ns, program)?
+    let mut child = netns::command_in(&ns, program)?
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {program} in {pod}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!(
-            "{program} {} in {pod} failed ({}): {}{}",
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        None => bail!("{program} in {pod} still running after {timeout:?}, killed: {}", tail(&stderr)),
+        Some(status) if !status.success() => bail!(
+            "{program} {} in {pod} failed ({status}): {}{}",
             args.join(" "),
-            output.status,
             tail(&stdout),
-            tail(&String::from_utf8_lossy(&output.stderr))
-        );
+            tail(&stderr)
+        ),
+        Some(_) => Ok(stdout),
     }
-    Ok(stdout)
 }
 
 fn tail(s: &str) -> String {
@@ -130,12 +164,15 @@ pub fn iperf(
         "-P",
         &streams.to_string(),
         "-J",
+        "--connect-timeout",
+        "5000",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() + reaped_children_cpu();
-    let out = run_in_pod(tb, &variant.client_pod(), "iperf3", &args)?;
+    let timeout = Duration::from_secs(u64::from(seconds) + 30);
+    let out = run_in_pod(tb, &variant.client_pod(), "iperf3", &args, timeout)?;
     let cpu_after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() + reaped_children_cpu();
     let json: Value = serde_json::from_str(&out).with_context(|| format!("iperf3 output: {}", tail(&out)))?;
     if let Some(error) = json["error"].as_str() {
@@ -178,7 +215,8 @@ pub fn pingpong(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let out = run_in_pod(tb, &variant.client_pod(), &testapp.to_string_lossy(), &args)?;
+    let timeout = Duration::from_millis(millis) + Duration::from_secs(30);
+    let out = run_in_pod(tb, &variant.client_pod(), &testapp.to_string_lossy(), &args, timeout)?;
     let json: Value = serde_json::from_str(out.trim()).with_context(|| format!("pingpong output: {out}"))?;
     let get = |k: &str| json[k].as_f64().with_context(|| format!("pingpong: no {k} in {json}"));
     Ok(Latency { p50_us: get("p50_us")?, p99_us: get("p99_us")?, p999_us: get("p999_us")? })
@@ -215,7 +253,8 @@ pub fn connrate(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let out = run_in_pod(tb, client_pod, &testapp.to_string_lossy(), &args)?;
+    let timeout = Duration::from_millis(millis) + Duration::from_secs(30);
+    let out = run_in_pod(tb, client_pod, &testapp.to_string_lossy(), &args, timeout)?;
     let json: Value = serde_json::from_str(out.trim()).with_context(|| format!("connrate output: {out}"))?;
     Ok(ConnRate {
         per_sec: json["per_sec"].as_f64().unwrap_or(0.0),
@@ -295,6 +334,7 @@ pub fn check_path(
         client_pod,
         &testapp.to_string_lossy(),
         &["send".into(), "--connect".into(), target.to_string(), "--bytes".into(), "100000".into()],
+        Duration::from_secs(30),
     )?;
     let json: Value = serde_json::from_str(out.trim()).with_context(|| format!("send output: {out}"))?;
     if json["sent"] != json["received"] || json["sent_sha256"] != json["received_sha256"] {

@@ -270,7 +270,8 @@ fn start_servers(tb: &Testbed) -> anyhow::Result<Vec<Server>> {
         let ns = pod.netns_path();
         let log = |what: &str| tb.work_dir.join(format!("{what}-{}.log", pod.name));
         let mut iperf = lockmesh_tests::netns::command_in(&ns, "iperf3")?;
-        iperf.args(["-s", "-p", &Service::Iperf.port().to_string()]);
+        // A client that died mid-test must not leave the server busy for long.
+        iperf.args(["-s", "-p", &Service::Iperf.port().to_string(), "--rcv-timeout", "5000"]);
         let iperf = ChildGuard::spawn(&format!("iperf3 -s in {}", pod.name), iperf, log("iperf3"))?;
         let stream = tb.stream_echo(&pod.name, Service::Stream.port())?;
         let echo = tb.echo(&pod.name, Service::Echo.port())?;

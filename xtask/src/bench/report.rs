@@ -328,17 +328,23 @@ fn svg(machine: &Machine, profile: &Profile, results: &Results) -> String {
         let max = values.iter().map(|(_, x)| *x).fold(0.0, f64::max);
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" font-weight="bold">{} ({}, {} better)</text>"#,
+            r#"<text x="{}" y="{}" font-weight="bold">{}</text>"#,
             x0 + 4.0,
-            y0 + 14.0,
-            escape(m.label),
+            y0 + 12.0,
+            escape(m.label)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" fill="#555">{}, {} is better</text>"##,
+            x0 + 4.0,
+            y0 + 26.0,
             escape(m.unit),
             match m.better {
                 Better::Higher => "higher",
                 Better::Lower => "lower",
             }
         );
-        let (chart_top, chart_h, bar_w, gap) = (y0 + 34.0, ph - 60.0, 34.0, 12.0);
+        let (chart_top, chart_h, bar_w, gap) = (y0 + 40.0, ph - 66.0, 34.0, 12.0);
         let base = chart_top + chart_h;
         let _ = writeln!(
             s,
