@@ -102,7 +102,9 @@ pub fn write(
     elapsed: Duration,
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stem = format!("{}-{}", machine.date, machine.host);
+    // A quick run never overwrites the full run of the day.
+    let suffix = if profile.name == "full" { String::new() } else { format!("-{}", profile.name) };
+    let stem = format!("{}-{}{suffix}", machine.date, machine.host);
     let paths: Vec<PathBuf> =
         ["md", "svg", "json"].iter().map(|ext| dir.join(format!("{stem}.{ext}"))).collect();
     let svg_name = format!("{stem}.svg");
@@ -383,4 +385,33 @@ fn svg(machine: &Machine, profile: &Profile, results: &Results) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_short_and_grouped() {
+        assert_eq!(number(0.8123), "0.81");
+        assert_eq!(number(26.04), "26.0");
+        assert_eq!(number(226.4), "226");
+        assert_eq!(number(12345.6), "12\u{2009}346");
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        let mut r = Results::default();
+        for v in [3.0, 1.0, 2.0] {
+            r.push("throughput_1", Variant::Lockmesh, v);
+        }
+        for v in [4.0, 8.0] {
+            r.push("throughput_1", Variant::Plaintext, v);
+        }
+        assert_eq!(r.median("throughput_1", Variant::Lockmesh), Some(2.0));
+        assert_eq!(r.median("throughput_1", Variant::Plaintext), Some(6.0));
+        assert_eq!(r.median("throughput_1", Variant::Haproxy), None);
+        assert_eq!(ratio(&r, "throughput_1", Variant::Lockmesh, Variant::Plaintext), "0.33×");
+        assert_eq!(ratio(&r, "throughput_1", Variant::Lockmesh, Variant::Haproxy), "–");
+    }
 }
