@@ -333,7 +333,7 @@ pub fn check_path(
         tb,
         client_pod,
         &testapp.to_string_lossy(),
-        &["send".into(), "--connect".into(), target.to_string(), "--bytes".into(), "100000".into()],
+        &["send".into(), "--connect".into(), target.to_string(), "--bytes".into(), "65536".into()],
         Duration::from_secs(30),
     )?;
     let json: Value = serde_json::from_str(out.trim()).with_context(|| format!("send output: {out}"))?;

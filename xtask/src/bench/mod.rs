@@ -187,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let binaries = crate::build(true)?;
     let facts = report::Machine::collect(&crate::workspace_root());
     eprintln!(
-        "bench ({}): {} × {} cores, kernel {}, commit {}, load {}",
+        "bench ({}): {}, {} cores, kernel {}, commit {}, load average {}",
         profile.name, facts.cpu_model, facts.cores, facts.kernel, facts.commit, facts.loadavg
     );
 
@@ -222,7 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let bench = Bench { tb: &tb, servers: &servers, agents: &agents, agent_pids, tunnels: &tunnels };
 
-    step::run("checking every path end to end (100 kB echo; lockmesh paths are mTLS)", || {
+    step::run("checking every path end to end (64 KiB echo; lockmesh paths are mTLS)", || {
         bench.check_paths(&binaries.testapp)
     })?;
 
@@ -328,8 +328,16 @@ impl Bench<'_> {
     fn check_paths(&self, testapp: &std::path::Path) -> anyhow::Result<()> {
         for variant in Variant::ALL {
             let target = variant.target(self.tb, Service::Echo);
-            measures::check_path(self.tb, testapp, &variant.client_pod(), target)
-                .with_context(|| format!("{} path", variant.label()))?;
+            // Three tries: under heavy load stunnel4 sometimes drops the tail of an echo that
+            // follows a half-close.
+            let mut attempt = 1;
+            while let Err(e) = measures::check_path(self.tb, testapp, &variant.client_pod(), target) {
+                if attempt == 3 {
+                    return Err(e.context(format!("{} path", variant.label())));
+                }
+                step::note(&format!("{}: attempt {attempt} failed: {e:#}", variant.label()));
+                attempt += 1;
+            }
             if variant.is_mesh() {
                 let server = self.tb.pod(&variant.server_pod()).ip.to_string();
                 self.agents[0]
@@ -481,7 +489,14 @@ impl Bench<'_> {
             step::note(&results.strict_note);
             return Ok(());
         }
-        let rate = measures::connrate(self.tb, testapp, &from, target, 64, profile.flood_millis)?;
+        let rate = match measures::connrate(self.tb, testapp, &from, target, 64, profile.flood_millis) {
+            Ok(rate) => rate,
+            Err(e) => {
+                results.strict_note = format!("n/a: the flood failed: {e:#}");
+                fail(results, "STRICT flood", e);
+                return Ok(());
+            }
+        };
         if rate.ok > 0 {
             results.strict_note = format!("n/a: {} plaintext connections got through", rate.ok);
         } else if rate.refused == 0 {
