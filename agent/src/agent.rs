@@ -13,10 +13,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
+    audit::{AuditLog, AuditOptions, AuditSink, NodeKey},
     config::{ConfigDir, watch::DirWatch},
     desired::{self, Classes},
     enrolment::Enrolment,
-    flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
+    flows::{FlowLimits, FlowObserver, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
     kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap},
@@ -37,6 +38,8 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// HTTP/2 streams per HBONE connection.
     pub hbone_max_streams: u32,
+    /// The audit log, if any (its key lives in the identity state dir).
+    pub audit: Option<AuditOptions>,
 }
 
 /// How often workloads whose namespace is missing are retried, and kernel counters read.
@@ -110,7 +113,17 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     readiness.programs_attached.store(true, Ordering::Release);
 
-    let sink = FlowSink::new(table.clone(), inventory.clone());
+    let audit = match &options.audit {
+        Some(audit) => {
+            let key =
+                NodeKey::load_or_create(&options.identity.state_dir).context("the audit signing key")?;
+            Some(Arc::new(AuditSink::start(AuditLog::open(audit.clone(), key)?)?))
+        }
+        None => None,
+    };
+    let mut observers: Vec<Arc<dyn FlowObserver>> = Vec::new();
+    observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
+    let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());
     let mut event_task = tokio::spawn(async move {
         loop {
@@ -194,6 +207,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     node.engine.drain(options.drain).await;
     event_task.abort();
+    if let Some(audit) = audit {
+        // Flows finished while draining are in; then a final checkpoint and fsync.
+        tokio::task::block_in_place(|| audit.shutdown());
+    }
     renewal.abort();
     admin.abort();
     drop(node);

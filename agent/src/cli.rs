@@ -52,6 +52,9 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Show the flows a running agent reports (connections of enrolled pods).
     Flows(FlowsArgs),
+    /// Check the audit log written with `lockmesh agent --audit-log`.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage the certificate authority that signs workload identities.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -69,6 +72,20 @@ pub enum CaCommand {
         /// Trust domain named in the CA's subject.
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash link and checkpoint signature of audit-log files (the active file and
+    /// its rotations, in any order, e.g. `audit.log*`); names the file, line and what broke
+    /// (edited, removed, reordered record, truncated file, bad signature); exits non-zero then.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The published public key [default: FILE.pub next to the log, if present].
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
     },
 }
 
@@ -142,6 +159,31 @@ pub struct AgentArgs {
     /// On SIGTERM, how long open tunneled connections may finish before the agent exits.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+
+    /// Append every finished flow, reset and denial to this file as hash-chained JSON lines
+    /// with signed checkpoints (key in --state-dir, public key in FILE.pub).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Rotate the audit log before it grows past this many bytes.
+    #[arg(long, default_value_t = 100 << 20)]
+    pub audit_max_bytes: u64,
+
+    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first).
+    #[arg(long, default_value_t = 10)]
+    pub audit_keep: usize,
+
+    /// Durability: fsync after `every` record, or in a `batch` every 100 ms.
+    #[arg(long, value_enum, default_value_t = crate::audit::SyncPolicy::Batch)]
+    pub audit_sync: crate::audit::SyncPolicy,
+
+    /// A signed checkpoint after this many records…
+    #[arg(long, default_value_t = 1000)]
+    pub audit_checkpoint_records: u64,
+
+    /// …or this long after the last one (and at clean shutdown).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub audit_checkpoint_interval: Duration,
 
     /// Remove this node's pinned maps and links from the kernel, then exit.
     #[arg(long)]

@@ -3,6 +3,7 @@
 //! (`kernel`), and what it reports (`flows`, `admin`).
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod cli;
 pub mod cmd;
 pub mod config;

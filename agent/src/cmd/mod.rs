@@ -1,3 +1,4 @@
-//! Commands that talk to a running agent.
+//! Commands that talk to a running agent, or read what it wrote.
 pub mod admin_client;
+pub mod audit;
 pub mod flows;
