@@ -1,4 +1,4 @@
-//! The admin endpoint: health, readiness and flows over HTTP (default 127.0.0.1:15000, like
+//! The admin endpoint: health, readiness, flows and metrics over HTTP (default 127.0.0.1:15000, like
 //! Envoy's and ztunnel's admin ports).
 use std::{
     net::SocketAddr,
@@ -25,6 +25,7 @@ use crate::{
     flows::{FlowStats, FlowTable},
     identity::{CertificateStatus, Identities},
     kernel::{CounterValues, ProgramRef},
+    metrics::Metrics,
     proxy::hbone::Pool,
 };
 
@@ -65,6 +66,7 @@ impl Readiness {
 pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub flows: Arc<Mutex<FlowTable>>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
@@ -80,6 +82,7 @@ fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -114,6 +117,16 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     };
     let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(detail)).into_response()
+}
+
+/// `/metrics`: Prometheus text format.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let r = &state.readiness;
+    let stats = state.flows.lock().map(|t| t.stats()).unwrap_or_default();
+    let kernel = r.kernel_counters.lock().map(|c| *c).unwrap_or_default();
+    let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
+    let body = state.metrics.render(stats, kernel, &certificates);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 #[derive(Deserialize)]

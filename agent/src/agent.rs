@@ -21,6 +21,7 @@ use crate::{
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
     kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap},
+    metrics::Metrics,
     model::ClusterState,
     proxy::Engine,
 };
@@ -97,9 +98,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let table = Arc::new(Mutex::new(FlowTable::new(options.flow_limits)));
     let inventory = Arc::new(ArcSwap::from_pointee(Inventory::default()));
 
+    let metrics = Arc::new(Metrics::new());
     let mut admin = tokio::spawn(admin::serve(
         options.admin,
-        AdminState { readiness: readiness.clone(), flows: table.clone() },
+        AdminState { readiness: readiness.clone(), flows: table.clone(), metrics: metrics.clone() },
     ));
 
     let mut datapath = Datapath::load(&options.datapath)?;
@@ -121,7 +123,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut observers: Vec<Arc<dyn FlowObserver>> = Vec::new();
+    let mut observers: Vec<Arc<dyn FlowObserver>> = vec![metrics];
     observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
     let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());

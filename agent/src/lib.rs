@@ -13,6 +13,7 @@ pub mod flows;
 pub mod identity;
 pub mod inventory;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod podnet;
