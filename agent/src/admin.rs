@@ -133,6 +133,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 struct FlowsQuery {
     #[serde(default)]
     follow: bool,
+    /// With `follow`: start with the table (default) or only with what changes next.
+    #[serde(default = "yes")]
+    snapshot: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `/flows`: a JSON array of the table; with `?follow=true`, newline-delimited JSON: the table,
@@ -148,7 +155,7 @@ async fn flows(State(state): State<AdminState>, Query(query): Query<FlowsQuery>)
     }
     // Subscribe before the snapshot so nothing falls between them.
     let updates = table.subscribe();
-    let snapshot = table.snapshot();
+    let snapshot = if query.snapshot { table.snapshot() } else { Vec::new() };
     drop(table);
     let head = futures_util::stream::iter(snapshot.into_iter().map(Ok));
     let tail = BroadcastStream::new(updates).filter_map(|item| async move {

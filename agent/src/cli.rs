@@ -12,6 +12,12 @@ Examples:
   # Show the flows the agent saw, then follow new ones as JSON lines:
   lockmesh flows
   lockmesh flows -o json --follow
+  lockmesh flows --to-workload bookinfo/details --encryption plaintext --since 5m -o compact
+
+  # Audit log: hash-chained, signed; check it, or read flows from it:
+  lockmesh agent --node node1 --config /etc/lockmesh --audit-log /var/log/lockmesh/audit.log
+  lockmesh audit verify /var/log/lockmesh/audit.log*
+  lockmesh flows --file /var/log/lockmesh/audit.log --verdict denied -o json
 
   # Create a CA in Istio's cacerts layout, shared by the agents of all nodes:
   lockmesh ca init --dir /etc/lockmesh/ca
@@ -50,8 +56,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: load the eBPF programs, enrol this node's workloads, report flows.
     Agent(Box<AgentArgs>),
-    /// Show the flows a running agent reports (connections of enrolled pods).
-    Flows(FlowsArgs),
+    /// Show the flows a running agent reports (connections of enrolled pods), or an audit log
+    /// holds; filtered like `hubble observe`.
+    Flows(Box<FlowsArgs>),
     /// Check the audit log written with `lockmesh agent --audit-log`.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -196,19 +203,95 @@ pub struct FlowsArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
 
-    /// Output format: an aligned table, or one JSON object per line.
+    /// Read audit-log files (`lockmesh agent --audit-log`) instead of asking a running agent.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "follow")]
+    pub file: Vec<PathBuf>,
+
+    /// Output: an aligned table, one JSON object per line, or one short line per flow.
     #[arg(short, long, value_enum, default_value_t = FlowsOutput::Table)]
     pub output: FlowsOutput,
 
     /// Keep running and print flows as they open and close.
     #[arg(short, long)]
     pub follow: bool,
+
+    /// Only the last N matching flows (then, with --follow, new ones).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+
+    /// Either end in this namespace (repeatable: any of them).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Vec<String>,
+
+    /// Either end is this workload (`name` or `namespace/name`).
+    #[arg(long, value_name = "WORKLOAD")]
+    pub workload: Vec<String>,
+
+    /// The client is this workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub from_workload: Vec<String>,
+
+    /// The server is this workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub to_workload: Vec<String>,
+
+    /// The client's address is in this IPv4 address or CIDR.
+    #[arg(long, value_name = "CIDR", value_parser = crate::cmd::flow_filter::parse_cidr)]
+    pub from_ip: Vec<crate::cmd::flow_filter::Cidr>,
+
+    /// The server's address is in this IPv4 address or CIDR.
+    #[arg(long, value_name = "CIDR", value_parser = crate::cmd::flow_filter::parse_cidr)]
+    pub to_ip: Vec<crate::cmd::flow_filter::Cidr>,
+
+    /// Either end has this SPIFFE identity (full URI, or a part such as `sa/details`).
+    #[arg(long, value_name = "ID")]
+    pub identity: Vec<String>,
+
+    /// forwarded, reset, denied or error.
+    #[arg(long, value_parser = crate::cmd::flow_filter::parse_verdict)]
+    pub verdict: Vec<crate::flows::Verdict>,
+
+    /// mtls or plaintext.
+    #[arg(long, value_parser = crate::cmd::flow_filter::parse_encryption)]
+    pub encryption: Option<crate::flows::Encryption>,
+
+    /// Either end's port.
+    #[arg(long)]
+    pub port: Vec<u16>,
+
+    /// Flows active at or after this time: RFC 3339 or a time ago (`5m`, `2h`).
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::flow_filter::parse_time_now)]
+    pub since: Option<time::OffsetDateTime>,
+
+    /// Flows started at or before this time: RFC 3339 or a time ago.
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::flow_filter::parse_time_now)]
+    pub until: Option<time::OffsetDateTime>,
+}
+
+impl FlowsArgs {
+    pub fn filter(&self) -> crate::cmd::flow_filter::FlowFilter {
+        crate::cmd::flow_filter::FlowFilter {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            from_workload: self.from_workload.clone(),
+            to_workload: self.to_workload.clone(),
+            from_ip: self.from_ip.clone(),
+            to_ip: self.to_ip.clone(),
+            identity: self.identity.clone(),
+            verdict: self.verdict.clone(),
+            encryption: self.encryption,
+            port: self.port.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FlowsOutput {
     Table,
     Json,
+    Compact,
 }
 
 /// `250ms`, `6s`, `30m`, `24h` or a number of seconds.
