@@ -67,6 +67,7 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub flows: Arc<Mutex<FlowTable>>,
     pub metrics: Arc<Metrics>,
+    pub inventory: Arc<arc_swap::ArcSwap<crate::inventory::Inventory>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
@@ -83,6 +84,7 @@ fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
         .route("/metrics", get(metrics))
+        .route("/config_dump", get(config_dump))
         .with_state(state)
 }
 
@@ -127,6 +129,14 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
     let body = state.metrics.render(stats, kernel, &certificates);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// `/config_dump`: inventory, certificates (never keys), config errors.
+async fn config_dump(State(state): State<AdminState>) -> Response {
+    let r = &state.readiness;
+    let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
+    let errors = r.config_errors.lock().map(|e| e.clone()).unwrap_or_default();
+    Json(crate::config_dump::dump(&state.inventory.load(), certificates, errors)).into_response()
 }
 
 #[derive(Deserialize)]

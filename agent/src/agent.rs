@@ -101,7 +101,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut admin = tokio::spawn(admin::serve(
         options.admin,
-        AdminState { readiness: readiness.clone(), flows: table.clone(), metrics: metrics.clone() },
+        AdminState {
+            readiness: readiness.clone(),
+            flows: table.clone(),
+            metrics: metrics.clone(),
+            inventory: inventory.clone(),
+        },
     ));
 
     let mut datapath = Datapath::load(&options.datapath)?;

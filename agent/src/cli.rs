@@ -59,6 +59,9 @@ pub enum Command {
     /// Show the flows a running agent reports (connections of enrolled pods), or an audit log
     /// holds; filtered like `hubble observe`.
     Flows(Box<FlowsArgs>),
+    /// Draw workloads and their connections (🔒 mTLS / 🔓 plaintext) from a running agent's flows
+    /// or audit-log files, as Graphviz DOT or SVG.
+    Graph(GraphArgs),
     /// Check the audit log written with `lockmesh agent --audit-log`.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -285,6 +288,27 @@ impl FlowsArgs {
             until: self.until,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The agent's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// Read audit-log files instead of asking a running agent.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub file: Vec<PathBuf>,
+
+    /// `dot` (Graphviz source) or `svg` (rendered by Graphviz's `dot`).
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod config_dump;
 pub mod desired;
 pub mod enrolment;
 pub mod flows;

@@ -43,6 +43,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent(args) => run_agent(*args).await,
         Command::Flows(args) => cmd::flows::run(*args).await,
+        Command::Graph(args) => cmd::graph::run(args).await,
         Command::Audit(AuditCommand::Verify { files, pubkey }) => cmd::audit::verify(&files, pubkey),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             identity::ca::init(&dir, &trust_domain)?;

@@ -3,3 +3,4 @@ pub mod admin_client;
 pub mod audit;
 pub mod flow_filter;
 pub mod flows;
+pub mod graph;
