@@ -134,6 +134,29 @@ fn audit_log_metrics_and_filters() {
     tampering_is_detected(&tb, &log);
     metrics_have_istio_labels(&agent1, &agent2, &tb);
 
+    // /config_dump: inventory and certificates, never keys.
+    let dump = agent1.get("/config_dump").unwrap();
+    assert_eq!(dump.status, 200);
+    assert!(!dump.text().contains("PRIVATE KEY"), "{}", dump.text());
+    let dump: Value = dump.json().unwrap();
+    let workloads = dump["workloads"].as_array().unwrap();
+    assert!(workloads.iter().any(|w| w["name"] == "productpage" && w["enrolled"] == true), "{dump}");
+    assert!(workloads.iter().any(|w| w["name"] == "ratings" && w["enrolled"] == false), "{dump}");
+    let certs = dump["certificates"].as_array().unwrap();
+    assert!(
+        certs.iter().any(|c| c["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"),
+        "{dump}"
+    );
+
+    // `lockmesh graph` from the log.
+    let (ok, dot) = lockmesh(&["graph", "--file", &log.to_string_lossy()]);
+    assert!(ok, "{dot}");
+    assert!(
+        dot.contains("\"bookinfo/productpage\" -> \"bookinfo/ratings\" [label=\"🔒 mTLS :8080 ×2\""),
+        "{dot}"
+    );
+    assert!(dot.contains(&format!("\"bookinfo/productpage\" -> \"{out}\" [label=\"🔓 plaintext")), "{dot}");
+
     // `lockmesh flows --file`, filtered.
     let (ok, text) =
         lockmesh(&["flows", "--file", &log.to_string_lossy(), "--encryption", "plaintext", "-o", "json"]);
