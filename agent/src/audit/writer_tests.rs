@@ -115,3 +115,32 @@ fn checkpoints_every_n_records_and_on_time() {
     assert_eq!(last.checkpoint.unwrap().records, 1);
     assert!(std::fs::read_to_string(pub_path(&path)).unwrap().starts_with("ed25519 "));
 }
+
+/// `cargo test -p lockmesh --lib audit_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement"]
+fn audit_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sync, n) in [(SyncPolicy::Batch, 20_000), (SyncPolicy::Every, 2_000)] {
+        let path = dir.path().join(format!("{sync:?}.log"));
+        let mut log =
+            AuditLog::open(AuditOptions { sync, ..options(&path) }, NodeKey::ephemeral().unwrap()).unwrap();
+        let record = flow(1);
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            log.append_flow(&record).unwrap();
+            log.tick().unwrap();
+        }
+        log.close().unwrap();
+        let elapsed = started.elapsed();
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        let verify_started = std::time::Instant::now();
+        assert_eq!(verify_files(&[path], None).unwrap().problems, vec![]);
+        println!(
+            "{sync:?}: {n} records in {elapsed:?} ({:.0}/s, {} B/record); verify {:?}",
+            n as f64 / elapsed.as_secs_f64(),
+            bytes / n,
+            verify_started.elapsed()
+        );
+    }
+}
