@@ -26,11 +26,8 @@ pub fn verify(files: &[PathBuf], pubkey: Option<PathBuf>) -> anyhow::Result<()> 
         println!("  {}", file.display());
     }
     println!("records:     {}", s.records);
-    println!(
-        "checkpoints: {} (keys: {})",
-        s.checkpoints,
-        s.key_ids.iter().cloned().collect::<Vec<_>>().join(", ")
-    );
+    let keys = s.key_ids.iter().cloned().collect::<Vec<_>>().join(", ");
+    println!("checkpoints: {} (keys: {})", s.checkpoints, if keys.is_empty() { "none".into() } else { keys });
     println!(
         "seq:         {}..{}{}",
         s.first_seq.unwrap_or(0),

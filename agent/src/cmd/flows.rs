@@ -106,7 +106,7 @@ const COLUMNS: [(&str, usize); 8] = [
     ("NODE", 8),
     ("SOURCE", 40),
     ("DESTINATION", 40),
-    ("ENCRYPTION", 11),
+    ("ENCRYPTION", 13),
     ("VERDICT", 9),
     ("SENT/RECV", 17),
     ("STATE", 10),
