@@ -14,14 +14,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
+    audit::{AuditLog, AuditOptions, AuditSink, NodeKey},
     config::{ConfigDir, watch::DirWatch},
     desired::StrictExemption,
     desired::{self, Classes},
     enrolment::Enrolment,
-    flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
+    flows::{FlowLimits, FlowObserver, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
     kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, StrictMap},
+    metrics::Metrics,
     model::{ClusterState, ObjectKey},
     podnet,
     policy::MeshParams,
@@ -45,6 +47,8 @@ pub struct AgentOptions {
     pub mesh: MeshParams,
     /// Sources allowed to reach STRICT ports in plaintext (health probes).
     pub strict_exemptions: Vec<StrictExemption>,
+    /// The audit log, if any (its key lives in the identity state dir).
+    pub audit: Option<AuditOptions>,
 }
 
 /// How often workloads whose namespace is missing are retried, and kernel counters read.
@@ -161,9 +165,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let table = Arc::new(Mutex::new(FlowTable::new(options.flow_limits)));
     let inventory = Arc::new(ArcSwap::from_pointee(Inventory::default()));
 
+    let metrics = Arc::new(Metrics::new());
     let mut admin = tokio::spawn(admin::serve(
         options.admin,
-        AdminState { readiness: readiness.clone(), flows: table.clone(), inventory: inventory.clone() },
+        AdminState {
+            readiness: readiness.clone(),
+            flows: table.clone(),
+            metrics: metrics.clone(),
+            inventory: inventory.clone(),
+        },
     ));
 
     let mut datapath = Datapath::load(&options.datapath)?;
@@ -179,7 +189,17 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     readiness.programs_attached.store(true, Ordering::Release);
 
-    let sink = FlowSink::new(table.clone(), inventory.clone());
+    let audit = match &options.audit {
+        Some(audit) => {
+            let key =
+                NodeKey::load_or_create(&options.identity.state_dir).context("the audit signing key")?;
+            Some(Arc::new(AuditSink::start(AuditLog::open(audit.clone(), key)?)?))
+        }
+        None => None,
+    };
+    let mut observers: Vec<Arc<dyn FlowObserver>> = vec![metrics];
+    observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
+    let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());
     let mut event_task = tokio::spawn(async move {
         loop {
@@ -268,6 +288,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     node.engine.drain(options.drain).await;
     event_task.abort();
+    if let Some(audit) = audit {
+        // Flows finished while draining are in; then a final checkpoint and fsync.
+        tokio::task::block_in_place(|| audit.shutdown());
+    }
     renewal.abort();
     admin.abort();
     let Node { datapath, .. } = node;

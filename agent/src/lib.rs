@@ -3,16 +3,19 @@
 //! (`kernel`), and what it reports (`flows`, `admin`).
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod config_dump;
 pub mod desired;
 pub mod enrolment;
 pub mod flows;
 pub mod identity;
 pub mod inventory;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod podnet;
