@@ -202,6 +202,25 @@ fn audit_log_metrics_and_filters() {
     let (ok, report) = verify(&[&log]);
     assert!(ok, "verify after kill -9 and restart failed:\n{report}");
     assert!(!report.contains("unsealed"), "{report}");
+
+    // A torn last line (as a crash mid-write leaves): the agent keeps it as evidence, rotates,
+    // and chains on from the last complete line; verify reports exactly that truncation.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, br#"{"seq":99,"prev":"0123"#).unwrap();
+    drop(file);
+    let agent1 = Agent::start(&tb, "node1", &tb.work_dir.join("config1"), &refs).unwrap();
+    assert_eq!(tb.get("productpage", addr(&tb, "ratings", 8080), "/").unwrap()["status"], 200);
+    wait_for_log(&log, &agent1, |f| count(f, &pp, &rt, "mtls", "forwarded") == 1);
+    assert_eq!(agent1.terminate().unwrap(), Some(0));
+    let rotated = log.with_file_name("audit.log.1");
+    let torn_lines = std::fs::read_to_string(&rotated).unwrap().lines().count();
+    let (ok, report) = verify(&[&log, &rotated]);
+    assert!(!ok, "{report}");
+    let fails: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    let needle = format!("{}:{torn_lines}: truncated file", rotated.display());
+    assert!(fails.len() == 1 && fails[0].contains(&needle), "expected only {needle:?}:\n{report}");
+    let seqs: Vec<u64> = lines(&log).iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs[0], all.len() as u64 + 1, "the new file continues the chain");
 }
 
 fn tampering_is_detected(tb: &Testbed, log: &Path) {
