@@ -1,4 +1,4 @@
-//! The admin endpoint: health, readiness and flows over HTTP (default 127.0.0.1:15000, like
+//! The admin endpoint: health, readiness, flows and metrics over HTTP (default 127.0.0.1:15000, like
 //! Envoy's and ztunnel's admin ports).
 use std::{
     net::SocketAddr,
@@ -27,6 +27,7 @@ use crate::{
     identity::{CertificateStatus, Identities},
     inventory::Inventory,
     kernel::{CounterValues, ProgramRef},
+    metrics::Metrics,
     proxy::hbone::Pool,
 };
 
@@ -67,6 +68,7 @@ impl Readiness {
 pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub flows: Arc<Mutex<FlowTable>>,
+    pub metrics: Arc<Metrics>,
     pub inventory: Arc<ArcSwap<Inventory>>,
 }
 
@@ -84,6 +86,8 @@ fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
         .route("/check", get(check))
+        .route("/metrics", get(metrics))
+        .route("/config_dump", get(config_dump))
         .with_state(state)
 }
 
@@ -120,6 +124,24 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status, Json(detail)).into_response()
 }
 
+/// `/metrics`: Prometheus text format.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let r = &state.readiness;
+    let stats = state.flows.lock().map(|t| t.stats()).unwrap_or_default();
+    let kernel = r.kernel_counters.lock().map(|c| *c).unwrap_or_default();
+    let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
+    let body = state.metrics.render(stats, kernel, &certificates);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// `/config_dump`: inventory, certificates (never keys), config errors.
+async fn config_dump(State(state): State<AdminState>) -> Response {
+    let r = &state.readiness;
+    let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
+    let errors = r.config_errors.lock().map(|e| e.clone()).unwrap_or_default();
+    Json(crate::config_dump::dump(&state.inventory.load(), certificates, errors)).into_response()
+}
+
 #[derive(Deserialize)]
 struct CheckQuery {
     workload: Option<String>,
@@ -143,6 +165,13 @@ async fn check(State(state): State<AdminState>, Query(query): Query<CheckQuery>)
 struct FlowsQuery {
     #[serde(default)]
     follow: bool,
+    /// With `follow`: start with the table (default) or only with what changes next.
+    #[serde(default = "yes")]
+    snapshot: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `/flows`: a JSON array of the table; with `?follow=true`, newline-delimited JSON: the table,
@@ -158,7 +187,7 @@ async fn flows(State(state): State<AdminState>, Query(query): Query<FlowsQuery>)
     }
     // Subscribe before the snapshot so nothing falls between them.
     let updates = table.subscribe();
-    let snapshot = table.snapshot();
+    let snapshot = if query.snapshot { table.snapshot() } else { Vec::new() };
     drop(table);
     let head = futures_util::stream::iter(snapshot.into_iter().map(Ok));
     let tail = BroadcastStream::new(updates).filter_map(|item| async move {

@@ -13,13 +13,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
+    audit::{AuditLog, AuditOptions, AuditSink, NodeKey},
     desired::StrictExemption,
     desired::{self, Classes},
     enrolment::Enrolment,
-    flows::{FlowLimits, FlowSink, FlowTable, KernelFlows},
+    flows::{FlowLimits, FlowObserver, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
     kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, StrictMap},
+    metrics::Metrics,
     model::{ClusterState, ObjectKey},
     podnet,
     policy::MeshParams,
@@ -45,6 +47,8 @@ pub struct AgentOptions {
     pub mesh: MeshParams,
     /// Sources allowed to reach STRICT ports in plaintext (health probes).
     pub strict_exemptions: Vec<StrictExemption>,
+    /// The audit log, if any (its key lives in the identity state dir).
+    pub audit: Option<AuditOptions>,
 }
 
 /// How often workloads whose namespace is missing are retried, and kernel counters read.
@@ -161,9 +165,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let table = Arc::new(Mutex::new(FlowTable::new(options.flow_limits)));
     let inventory = Arc::new(ArcSwap::from_pointee(Inventory::default()));
 
+    let metrics = Arc::new(Metrics::new());
     let mut admin = tokio::spawn(admin::serve(
         options.admin,
-        AdminState { readiness: readiness.clone(), flows: table.clone(), inventory: inventory.clone() },
+        AdminState {
+            readiness: readiness.clone(),
+            flows: table.clone(),
+            metrics: metrics.clone(),
+            inventory: inventory.clone(),
+        },
     ));
 
     // Before the kernel is touched: a bad kubeconfig or config dir fails fast.
@@ -182,7 +192,17 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     readiness.programs_attached.store(true, Ordering::Release);
 
-    let sink = FlowSink::new(table.clone(), inventory.clone());
+    let audit = match &options.audit {
+        Some(audit) => {
+            let key =
+                NodeKey::load_or_create(&options.identity.state_dir).context("the audit signing key")?;
+            Some(Arc::new(AuditSink::start(AuditLog::open(audit.clone(), key)?)?))
+        }
+        None => None,
+    };
+    let mut observers: Vec<Arc<dyn FlowObserver>> = vec![metrics];
+    observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
+    let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());
     let mut event_task = tokio::spawn(async move {
         loop {
@@ -231,6 +251,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let Some(first) = source.next_state().await else { anyhow::bail!("{} ended", options.source) };
     reload(first, &mut state);
     node.apply(&state).await?;
+    node.datapath.release_inherited_guards();
     // Ready only now: a connection made after /readyz says so is steered and observed.
     readiness.datapath_synced.store(true, Ordering::Release);
     tracing::info!(node = %options.node, source = %options.source, "agent ready");
@@ -271,12 +292,16 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     node.engine.drain(options.drain).await;
     event_task.abort();
+    if let Some(audit) = audit {
+        // Flows finished while draining are in; then a final checkpoint and fsync.
+        tokio::task::block_in_place(|| audit.shutdown());
+    }
     renewal.abort();
     admin.abort();
     let Node { datapath, .. } = node;
     drop(counters);
-    datapath.detach_and_unpin()?;
-    tracing::info!("detached; bye");
+    datapath.leave_in_place();
+    tracing::info!("bye");
     Ok(())
 }
 

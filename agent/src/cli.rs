@@ -17,6 +17,12 @@ Examples:
   # Show the flows the agent saw, then follow new ones as JSON lines:
   lockmesh flows
   lockmesh flows -o json --follow
+  lockmesh flows --to-workload bookinfo/details --encryption plaintext --since 5m -o compact
+
+  # Audit log: hash-chained, signed; check it, or read flows from it:
+  lockmesh agent --node node1 --config /etc/lockmesh --audit-log /var/log/lockmesh/audit.log
+  lockmesh audit verify /var/log/lockmesh/audit.log*
+  lockmesh flows --file /var/log/lockmesh/audit.log --verdict denied -o json
 
   # Create a CA in Istio's cacerts layout, shared by the agents of all nodes:
   lockmesh ca init --dir /etc/lockmesh/ca
@@ -58,8 +64,15 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: load the eBPF programs, enrol this node's workloads, report flows.
     Agent(Box<AgentArgs>),
-    /// Show the flows a running agent reports (connections of enrolled pods).
-    Flows(FlowsArgs),
+    /// Show the flows a running agent reports (connections of enrolled pods), or an audit log
+    /// holds; filtered like `hubble observe`.
+    Flows(Box<FlowsArgs>),
+    /// Draw workloads and their connections (🔒 mTLS / 🔓 plaintext) from a running agent's flows
+    /// or audit-log files, as Graphviz DOT or SVG.
+    Graph(GraphArgs),
+    /// Check the audit log written with `lockmesh agent --audit-log`.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Show what the agent enforces for its workloads, like `istioctl x describe pod`: the mTLS
     /// mode per port and the PeerAuthentication behind it, the DestinationRule and TLS mode used
     /// towards each Service, the certificate.
@@ -101,6 +114,20 @@ pub enum CaCommand {
         /// Trust domain named in the CA's subject.
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash link and checkpoint signature of audit-log files (the active file and
+    /// its rotations, in any order, e.g. `audit.log*`); names the file, line and what broke
+    /// (edited, removed, reordered record, truncated file, bad signature); exits non-zero then.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The published public key [default: FILE.pub next to the log, if present].
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
     },
 }
 
@@ -206,6 +233,31 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
 
+    /// Append every finished flow, reset and denial to this file as hash-chained JSON lines
+    /// with signed checkpoints (key in --state-dir, public key in FILE.pub).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Rotate the audit log before it grows past this many bytes.
+    #[arg(long, default_value_t = 100 << 20)]
+    pub audit_max_bytes: u64,
+
+    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first).
+    #[arg(long, default_value_t = 10)]
+    pub audit_keep: usize,
+
+    /// Durability: fsync after `every` record, or in a `batch` every 100 ms.
+    #[arg(long, value_enum, default_value_t = crate::audit::SyncPolicy::Batch)]
+    pub audit_sync: crate::audit::SyncPolicy,
+
+    /// A signed checkpoint after this many records…
+    #[arg(long, default_value_t = 1000)]
+    pub audit_checkpoint_records: u64,
+
+    /// …or this long after the last one (and at clean shutdown).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub audit_checkpoint_interval: Duration,
+
     /// Remove this node's pinned maps and links from the kernel, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -217,19 +269,116 @@ pub struct FlowsArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
 
-    /// Output format: an aligned table, or one JSON object per line.
+    /// Read audit-log files (`lockmesh agent --audit-log`) instead of asking a running agent.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "follow")]
+    pub file: Vec<PathBuf>,
+
+    /// Output: an aligned table, one JSON object per line, or one short line per flow.
     #[arg(short, long, value_enum, default_value_t = FlowsOutput::Table)]
     pub output: FlowsOutput,
 
     /// Keep running and print flows as they open and close.
     #[arg(short, long)]
     pub follow: bool,
+
+    /// Only the last N matching flows (then, with --follow, new ones).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+
+    /// Either end in this namespace (repeatable: any of them).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Vec<String>,
+
+    /// Either end is this workload (`name` or `namespace/name`).
+    #[arg(long, value_name = "WORKLOAD")]
+    pub workload: Vec<String>,
+
+    /// The client is this workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub from_workload: Vec<String>,
+
+    /// The server is this workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub to_workload: Vec<String>,
+
+    /// The client's address is in this IPv4 address or CIDR.
+    #[arg(long, value_name = "CIDR", value_parser = crate::cmd::flow_filter::parse_cidr)]
+    pub from_ip: Vec<crate::cmd::flow_filter::Cidr>,
+
+    /// The server's address is in this IPv4 address or CIDR.
+    #[arg(long, value_name = "CIDR", value_parser = crate::cmd::flow_filter::parse_cidr)]
+    pub to_ip: Vec<crate::cmd::flow_filter::Cidr>,
+
+    /// Either end has this SPIFFE identity (full URI, or a part such as `sa/details`).
+    #[arg(long, value_name = "ID")]
+    pub identity: Vec<String>,
+
+    /// forwarded, reset, denied or error.
+    #[arg(long, value_parser = crate::cmd::flow_filter::parse_verdict)]
+    pub verdict: Vec<crate::flows::Verdict>,
+
+    /// mtls or plaintext.
+    #[arg(long, value_parser = crate::cmd::flow_filter::parse_encryption)]
+    pub encryption: Option<crate::flows::Encryption>,
+
+    /// Either end's port.
+    #[arg(long)]
+    pub port: Vec<u16>,
+
+    /// Flows active at or after this time: RFC 3339 or a time ago (`5m`, `2h`).
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::flow_filter::parse_time_now)]
+    pub since: Option<time::OffsetDateTime>,
+
+    /// Flows started at or before this time: RFC 3339 or a time ago.
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::flow_filter::parse_time_now)]
+    pub until: Option<time::OffsetDateTime>,
+}
+
+impl FlowsArgs {
+    pub fn filter(&self) -> crate::cmd::flow_filter::FlowFilter {
+        crate::cmd::flow_filter::FlowFilter {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            from_workload: self.from_workload.clone(),
+            to_workload: self.to_workload.clone(),
+            from_ip: self.from_ip.clone(),
+            to_ip: self.to_ip.clone(),
+            identity: self.identity.clone(),
+            verdict: self.verdict.clone(),
+            encryption: self.encryption,
+            port: self.port.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The agent's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// Read audit-log files instead of asking a running agent.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub file: Vec<PathBuf>,
+
+    /// `dot` (Graphviz source) or `svg` (rendered by Graphviz's `dot`).
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FlowsOutput {
     Table,
     Json,
+    Compact,
 }
 
 /// `10.0.0.1` or `10.0.0.1:8080`.

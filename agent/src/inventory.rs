@@ -53,4 +53,10 @@ impl Inventory {
     pub fn enrolled(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.by_netns.values()
     }
+
+    /// Every known workload (local and remote), once each, in no particular order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        let mut seen = std::collections::HashSet::new();
+        self.by_ip.values().filter(move |w| seen.insert(Arc::as_ptr(w)))
+    }
 }

@@ -3,10 +3,12 @@
 //! (`kernel`), and what it reports (`flows`, `admin`).
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod config_dump;
 pub mod desired;
 pub mod enrolment;
 pub mod flows;
@@ -14,6 +16,7 @@ pub mod identity;
 pub mod inventory;
 pub mod kernel;
 pub mod kube;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod podnet;

@@ -4,7 +4,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use lockmesh::{
     agent::{self, AgentOptions},
-    cli::{AgentArgs, CaCommand, Cli, Command, LogFormat},
+    audit::AuditOptions,
+    cli::{AgentArgs, AuditCommand, CaCommand, Cli, Command, LogFormat},
     cmd,
     flows::FlowLimits,
     identity::{self, IdentityOptions},
@@ -44,8 +45,10 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Agent(args) => run_agent(*args).await,
-        Command::Flows(args) => cmd::flows::run(args).await,
+        Command::Flows(args) => cmd::flows::run(*args).await,
         Command::Check(args) => cmd::check::run(args).await,
+        Command::Graph(args) => cmd::graph::run(args).await,
+        Command::Audit(AuditCommand::Verify { files, pubkey }) => cmd::audit::verify(&files, pubkey),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             identity::ca::init(&dir, &trust_domain)?;
             println!("CA created in {} (Istio cacerts layout); pass it to agents with --ca", dir.display());
@@ -74,7 +77,17 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => cgroup2_root()?,
     };
+    let audit = args.audit_log.map(|path| AuditOptions {
+        path,
+        max_bytes: args.audit_max_bytes,
+        keep: args.audit_keep,
+        sync: args.audit_sync,
+        checkpoint_records: args.audit_checkpoint_records.max(1),
+        checkpoint_interval: args.audit_checkpoint_interval,
+        node: args.node.clone(),
+    });
     agent::run(AgentOptions {
+        audit,
         node: args.node,
         source,
         admin: args.admin,

@@ -17,6 +17,9 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     binary: PathBuf,
     process: ChildGuard,
+    /// Run `lockmesh agent --cleanup` on drop (not after a deliberate stop: the datapath stays
+    /// pinned for the next agent, as in production).
+    cleanup_on_drop: bool,
 }
 
 /// The testbed's CA (Istio `cacerts` layout), created by `lockmesh ca init` on first use.
@@ -89,6 +92,7 @@ impl Agent {
             pin_dir,
             binary: binary.to_path_buf(),
             process,
+            cleanup_on_drop: true,
         };
         agent.wait_ready(Duration::from_secs(20))?;
         Ok(agent)
@@ -164,20 +168,35 @@ impl Agent {
         netns::run_cmd(&self.netns, &binary, args).context("lockmesh CLI")
     }
 
-    /// SIGTERM and wait for a clean exit; returns the exit code.
+    /// SIGTERM and wait for a clean exit; returns the exit code. The datapath stays pinned.
     pub fn terminate(mut self) -> anyhow::Result<Option<i32>> {
+        self.cleanup_on_drop = false;
         self.process.signal(nix::sys::signal::Signal::SIGTERM)?;
         self.process.wait_timeout(Duration::from_secs(10))
+    }
+
+    /// SIGKILL (a crash); the datapath stays pinned.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.cleanup_on_drop = false;
+        self.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+        self.process.wait_timeout(Duration::from_secs(10)).map(drop)
+    }
+
+    /// `lockmesh agent --cleanup` for this agent's node (the uninstall path).
+    pub fn cleanup_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.binary);
+        command.args(["agent", "--node", &self.node, "--cleanup", "--bpffs-dir"]).arg(&self.pin_dir);
+        command
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.process.stop();
-        // Whatever happened, leave nothing of this agent in the kernel.
-        let _ = std::process::Command::new(&self.binary)
-            .args(["agent", "--node", &self.node, "--cleanup", "--bpffs-dir"])
-            .arg(&self.pin_dir)
-            .output();
+        if self.cleanup_on_drop {
+            // Leave nothing of this agent in the kernel (the testbed's teardown also removes
+            // the pins of its agents).
+            let _ = self.cleanup_command().output();
+        }
     }
 }

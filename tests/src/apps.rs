@@ -76,6 +76,15 @@ impl Testbed {
         )
     }
 
+    /// The streaming echo server (echoes as data arrives) in `pod` on `0.0.0.0:<port>`.
+    pub fn stream_echo(&self, pod: &str, port: u16) -> anyhow::Result<App> {
+        self.start_app(
+            pod,
+            &["echo".into(), "--listen".into(), format!("0.0.0.0:{port}"), "--stream".into()],
+            &format!("stream{port}"),
+        )
+    }
+
     /// Runs the test app as a client in `pod` and returns its JSON result.
     pub fn client(&self, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
         let pod = self.pod(pod);

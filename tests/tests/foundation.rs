@@ -175,7 +175,7 @@ fn inventory_changes_apply_live_and_bad_yaml_keeps_the_last_good_state() {
 }
 
 #[test]
-fn two_agents_share_the_machine_and_sigterm_detaches_everything() {
+fn two_agents_share_the_machine_sigterm_keeps_the_datapath_and_cleanup_removes_it() {
     let tb = bookinfo();
     let config = tb.config_dir("config").unwrap();
     let agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
@@ -190,7 +190,10 @@ fn two_agents_share_the_machine_and_sigterm_detaches_everything() {
         "each agent loads its own programs"
     );
     let (pins1, pins2) = (agent1.pin_dir.clone(), agent2.pin_dir.clone());
-    assert!(pins1.join("ENROLLED").exists() && pins2.join("ENROLLED").exists());
+    let has_maps = |pins: &std::path::Path| {
+        std::fs::read_dir(pins).unwrap().filter_map(Result::ok).any(|e| e.path().join("ENROLLED").exists())
+    };
+    assert!(has_maps(&pins1) && has_maps(&pins2));
 
     // Each agent reports only its own node's pods.
     let _details = tb.serve("details", 8080).unwrap();
@@ -206,11 +209,24 @@ fn two_agents_share_the_machine_and_sigterm_detaches_everything() {
     assert!(flows2.iter().all(|f| f["node"] == "node2"));
     assert!(agent1.flows().unwrap().is_empty(), "node1's agent saw node2's traffic");
 
-    // SIGTERM: clean exit, programs gone from the kernel, pins removed; the other agent is fine.
+    // SIGTERM: clean exit, but the datapath stays (fail closed) until `--cleanup`, which
+    // removes node1's programs and pins and nothing of node2's.
+    let loaded =
+        || -> Vec<u32> { aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect() };
+    let mut cleanup = agent1.cleanup_command();
     assert_eq!(agent1.terminate().unwrap(), Some(0));
-    let loaded: Vec<u32> = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect();
-    assert!(ids1.iter().all(|id| !loaded.contains(id)), "node1's programs still loaded");
-    assert!(ids2.iter().all(|id| loaded.contains(id)), "node2's programs must stay");
+    assert!(ids1.iter().any(|id| loaded().contains(id)), "node1's datapath must outlive the agent");
+    assert!(has_maps(&pins1), "node1's pins must stay for the next agent");
+    let out = cleanup.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The kernel frees programs once their last link is gone (after an RCU grace period).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids1.iter().any(|id| loaded().contains(id)) {
+        assert!(Instant::now() < deadline, "node1's programs still loaded after --cleanup");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let now = loaded();
+    assert!(ids2.iter().all(|id| now.contains(id)), "node2's programs must stay");
     assert!(!pins1.exists(), "pins of node1 left behind");
     assert_eq!(agent2.get("/readyz").unwrap().status, 200);
 }

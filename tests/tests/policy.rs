@@ -221,3 +221,46 @@ fn port_level_modes_and_open_connections_across_a_switch() {
     assert_eq!(long["status"], 200, "{long}");
     until("ratings STRICT", || curl(&tb, "outsider", &format!("http://{ratings}:8080/")).0 != 0);
 }
+
+#[test]
+fn strict_holds_while_the_agent_is_down_and_a_new_agent_takes_over() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
+    let _agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
+    let agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let details = tb.serve("details", 8080).unwrap();
+    let url = format!("http://{}:8080/", tb.pod("details").ip);
+    assert!(matches!(curl(&tb, "outsider", &url).0, 7 | 56));
+    assert_eq!(tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap()["status"], 200);
+    let accepted = details.accepted();
+
+    // The agent crashes: STRICT keeps resetting in the kernel; in-mesh connections fail fast
+    // (nothing leaks out in plaintext, nothing hangs).
+    agent2.kill().unwrap();
+    for _ in 0..5 {
+        let (code, took) = curl(&tb, "outsider", &url);
+        assert!(matches!(code, 7 | 56), "plaintext reached a STRICT pod while the agent was down: {code}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    let started = Instant::now();
+    let result = tb.get("productpage", addr(&tb, "details", 8080), "/");
+    assert!(result.is_err(), "no engine on node2: the tunnel cannot be served");
+    assert!(started.elapsed() < Duration::from_secs(2), "failed slowly: {:?}", started.elapsed());
+    assert_eq!(details.accepted(), accepted, "the app was reached while its node had no agent");
+
+    // A new agent adopts the pinned datapath; new connections work within a second.
+    let restarted = Instant::now();
+    let agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    until("in-mesh traffic after the restart", || {
+        tb.get("productpage", addr(&tb, "details", 8080), "/").is_ok_and(|r| r["status"] == 200)
+    });
+    let recovery = restarted.elapsed();
+    println!("in-mesh traffic works again {recovery:?} after the new agent started");
+    assert!(recovery < Duration::from_secs(2), "{recovery:?}");
+    assert!(matches!(curl(&tb, "outsider", &url).0, 7 | 56));
+    // The kernel counted every reset, those while no agent ran included (pinned counters).
+    std::thread::sleep(Duration::from_millis(1100));
+    let ready: Value = agent2.get("/readyz").unwrap().json().unwrap();
+    assert!(ready["kernel"]["strict_resets"].as_u64().unwrap_or(0) >= 6, "{ready}");
+}

@@ -1,4 +1,5 @@
 //! `cargo xtask …`: everything a developer or CI does with lockmesh, one command each.
+mod bench;
 mod demo;
 mod setup;
 mod step;
@@ -57,6 +58,9 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmark lockmesh against plaintext, stunnel4 and HAProxy on a two-node testbed (root):
+    /// throughput, latency, connection rate, CPU per GB, memory; writes bench/results/.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -68,6 +72,7 @@ fn main() {
         Task::Testbed { action } => testbed::run(action),
         Task::Test { args } => test(&args),
         Task::Demo { keep } => demo::run(keep),
+        Task::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

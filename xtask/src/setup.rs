@@ -15,6 +15,11 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     "ethtool",
+    // cargo xtask bench: load generators and the userspace mTLS tunnels lockmesh is compared with.
+    "iperf3",
+    "stunnel4",
+    "haproxy",
+    "openssl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

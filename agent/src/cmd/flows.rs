@@ -1,10 +1,12 @@
-//! `lockmesh flows`: the flows a running agent reports, as a table or JSON lines.
+//! `lockmesh flows`: the flows a running agent reports (or an audit log holds), filtered, as a
+//! table, JSON lines or compact lines.
 use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use http_body_util::BodyExt as _;
 
 use super::admin_client;
+use super::flow_filter;
 use crate::{
     cli::{FlowsArgs, FlowsOutput},
     flows::{Encryption, Endpoint, FlowRecord},
@@ -12,19 +14,55 @@ use crate::{
 
 pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let style = Style { color: std::io::stdout().is_terminal() };
+    let style = Style { color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() };
+    let filter = args.filter();
     if args.output == FlowsOutput::Table {
         writeln!(out, "{}", header())?;
     }
-    if !args.follow {
-        let body = admin_client::get_bytes(args.admin, "/flows").await?;
-        let records: Vec<FlowRecord> = serde_json::from_slice(&body).context("parsing /flows")?;
-        for record in &records {
-            print_record(&mut out, record, args.output, style)?;
+    let records: Vec<FlowRecord> = if args.file.is_empty() {
+        if args.follow {
+            return follow(&args, &filter, &mut out, style).await;
         }
-        return Ok(());
+        let body = admin_client::get_bytes(args.admin, "/flows").await?;
+        serde_json::from_slice(&body).context("parsing /flows")?
+    } else {
+        let mut records = Vec::new();
+        for file in &args.file {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            records.extend(crate::audit::chain::flows_in(&text));
+        }
+        records
+    };
+    let matching: Vec<FlowRecord> = records.into_iter().filter(|r| filter.matches(r)).collect();
+    for record in &flow_filter::last(matching, args.last) {
+        print_record(&mut out, record, args.output, style)?;
     }
-    let response = admin_client::get(args.admin, "/flows?follow=true").await?;
+    Ok(())
+}
+
+/// `--follow`: the agent's table, then every change. With `--last`, the table is fetched on its
+/// own (to cut it) after subscribing, and records of it that come again are skipped.
+async fn follow(
+    args: &FlowsArgs,
+    filter: &flow_filter::FlowFilter,
+    out: &mut impl std::io::Write,
+    style: Style,
+) -> anyhow::Result<()> {
+    let path = if args.last.is_some() { "/flows?follow=true&snapshot=false" } else { "/flows?follow=true" };
+    // Subscribed once the response starts.
+    let response = admin_client::get(args.admin, path).await?;
+    let mut seen = std::collections::HashSet::new();
+    if args.last.is_some() {
+        let body = admin_client::get_bytes(args.admin, "/flows").await?;
+        let table: Vec<FlowRecord> = serde_json::from_slice(&body).context("parsing /flows")?;
+        seen.extend(table.iter().map(|r| (r.id.clone(), r.is_open())));
+        let matching: Vec<FlowRecord> = table.into_iter().filter(|r| filter.matches(r)).collect();
+        for record in &flow_filter::last(matching, args.last) {
+            print_record(out, record, args.output, style)?;
+        }
+        out.flush()?;
+    }
     let mut body = response.into_body();
     let mut pending = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -34,7 +72,10 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let record: FlowRecord = serde_json::from_slice(&line).context("parsing a /flows line")?;
-            print_record(&mut out, &record, args.output, style)?;
+            if seen.remove(&(record.id.clone(), record.is_open())) || !filter.matches(&record) {
+                continue;
+            }
+            print_record(out, &record, args.output, style)?;
             out.flush()?;
         }
     }
@@ -55,6 +96,7 @@ fn print_record(
     match output {
         FlowsOutput::Json => writeln!(out, "{}", serde_json::to_string(record)?)?,
         FlowsOutput::Table => writeln!(out, "{}", row(record, style))?,
+        FlowsOutput::Compact => writeln!(out, "{}", compact(record, style))?,
     }
     Ok(())
 }
@@ -64,7 +106,7 @@ const COLUMNS: [(&str, usize); 8] = [
     ("NODE", 8),
     ("SOURCE", 40),
     ("DESTINATION", 40),
-    ("ENCRYPTION", 11),
+    ("ENCRYPTION", 13),
     ("VERDICT", 9),
     ("SENT/RECV", 17),
     ("STATE", 10),
@@ -94,7 +136,7 @@ fn row(r: &FlowRecord, style: Style) -> String {
         .unwrap_or_default();
     let encryption = match r.encryption {
         Encryption::Mtls => "🔒 mtls".to_string(),
-        Encryption::Plaintext => "plaintext".to_string(),
+        Encryption::Plaintext => "🔓 plaintext".to_string(),
     };
     let state = match r.duration_ms {
         Some(ms) => format!("closed {}", human_ms(ms)),
@@ -112,7 +154,8 @@ fn row(r: &FlowRecord, style: Style) -> String {
     ];
     let mut line = String::new();
     for (i, (cell, (_, width))) in cells.iter().zip(COLUMNS).enumerate() {
-        let width = if cell.contains('🔒') { width - 1 } else { width }; // the lock is two columns wide
+        // The locks are two columns wide.
+        let width = if cell.contains('🔒') || cell.contains('🔓') { width - 1 } else { width };
         let padded = format!("{cell:<width$}");
         let painted = match (style.color, i) {
             (true, 4) if r.encryption == Encryption::Mtls => format!("\x1b[32m{padded}\x1b[0m"),
@@ -126,6 +169,33 @@ fn row(r: &FlowRecord, style: Style) -> String {
         line.push_str(&painted);
     }
     line.trim_end().to_string()
+}
+
+/// One short line: `15:04:05.123 node1 ns/src 10.0.0.1:40000 -> ns/dst 10.0.0.2:8080 🔒 forwarded 1.2KiB/20B`.
+fn compact(r: &FlowRecord, style: Style) -> String {
+    let time = r
+        .start
+        .format(time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]"))
+        .unwrap_or_default();
+    let lock = match r.encryption {
+        Encryption::Mtls => "🔒",
+        Encryption::Plaintext => "🔓",
+    };
+    let verdict = match (style.color, r.verdict) {
+        (true, crate::flows::Verdict::Forwarded) => format!("\x1b[32m{}\x1b[0m", r.verdict),
+        (true, v) => format!("\x1b[31m{v}\x1b[0m"),
+        (false, v) => v.to_string(),
+    };
+    let state = if r.is_open() { " open" } else { "" };
+    format!(
+        "{time} {} {} -> {} {lock} {} {verdict} {}/{}{state}",
+        r.node,
+        endpoint(&r.src),
+        endpoint(&r.dst),
+        r.encryption,
+        human_bytes(r.bytes_sent),
+        human_bytes(r.bytes_received)
+    )
 }
 
 fn human_bytes(n: u64) -> String {

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 
 use super::{
+    observe::FlowObserver,
     record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict},
     table::FlowTable,
 };
@@ -20,6 +21,7 @@ pub struct FlowSink {
     inventory: Arc<ArcSwap<Inventory>>,
     id_prefix: Arc<str>,
     synthetic: Arc<std::sync::atomic::AtomicU64>,
+    observers: Arc<[Arc<dyn FlowObserver>]>,
 }
 
 /// Keys of flows without a socket of their own (refused requests) count down from here; kernel
@@ -32,8 +34,15 @@ impl FlowSink {
             table,
             inventory,
             id_prefix: boot_id_prefix().into(),
-            synthetic: Arc::new(std::sync::atomic::AtomicU64::new(SYNTHETIC_KEYS)),
+            synthetic: Arc::new(std::sync::atomic::AtomicU64::new(synthetic_start())),
+            observers: Arc::new([]),
         }
+    }
+
+    /// Also tells `observers` (audit log, metrics) of every flow opened and finished.
+    pub fn with_observers(mut self, observers: Vec<Arc<dyn FlowObserver>>) -> Self {
+        self.observers = observers.into();
+        self
     }
 
     /// A unique key for a flow that has no socket (and so no cookie) of its own.
@@ -103,6 +112,9 @@ impl FlowSink {
     }
 
     pub fn open(&self, key: u64, record: FlowRecord) {
+        for observer in self.observers.iter() {
+            observer.opened(&record);
+        }
         if let Ok(mut table) = self.table.lock() {
             table.insert_open(key, record);
         }
@@ -110,17 +122,33 @@ impl FlowSink {
 
     /// Closes an open flow; `finish` sets its final fields.
     pub fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) {
-        if let Ok(mut table) = self.table.lock() {
-            table.close(key, finish);
+        let closed = self.table.lock().ok().and_then(|mut table| table.close(key, finish));
+        if let Some(record) = closed {
+            for observer in self.observers.iter() {
+                observer.closed(&record, true);
+            }
         }
     }
 
     /// Stores a flow that was over when it was reported (a denial, a reset).
     pub fn finished(&self, record: FlowRecord) {
+        for observer in self.observers.iter() {
+            observer.closed(&record, false);
+        }
         if let Ok(mut table) = self.table.lock() {
             table.insert_closed(record);
         }
     }
+}
+
+/// Where this process's synthetic keys start: below [`SYNTHETIC_KEYS`] by the start time, so
+/// that ids of refused requests stay unique across agent restarts (the audit log keeps them).
+fn synthetic_start() -> u64 {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() & 0xff_ffff_ffff)
+        .unwrap_or(0);
+    SYNTHETIC_KEYS - (seconds << 20)
 }
 
 /// An endpoint named from the inventory; no identity.

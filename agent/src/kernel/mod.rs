@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
-        links::FdLink,
-        tc::{self, SchedClassifierLinkId},
+        links::{FdLink, PinnedLink},
+        tc,
     },
 };
 pub use events::{EventReader, KernelEvent};
@@ -45,10 +45,11 @@ pub struct DatapathOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    links: Vec<FdLink>,
     programs: Vec<ProgramRef>,
-    /// Host-side pod interfaces the STRICT program guards, and its link on each.
-    guarded: std::collections::HashMap<String, SchedClassifierLinkId>,
+    /// Host-side pod interfaces the STRICT program guards, and the pin of its link on each.
+    guarded: std::collections::HashMap<String, PathBuf>,
+    /// Links a previous agent pinned, still to be replaced by ours (then released).
+    inherited_guards: Vec<PathBuf>,
 }
 
 /// A program the agent loaded, as the kernel knows it (for `/readyz` and support).
@@ -74,8 +75,14 @@ impl Datapath {
             .with_context(|| format!("creating the pin directory {}", options.pin_dir.display()))?;
         raise_memlock_limit();
 
+        // The maps' directory names their layout: an agent whose maps differ (another version,
+        // other sizes) starts fresh instead of adopting maps it would misread.
+        let maps_dir = options
+            .pin_dir
+            .join(format!("maps-v{MAP_LAYOUT}-e{}-r{}", options.max_enrolled, options.ring_buffer_bytes));
+        std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
         let pins: Vec<(&str, PathBuf)> =
-            map_names::ALL.iter().map(|name| (*name, options.pin_dir.join(name))).collect();
+            map_names::ALL.iter().map(|name| (*name, maps_dir.join(name))).collect();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::ENROLLED, options.max_enrolled)
@@ -94,6 +101,12 @@ impl Datapath {
 
         let cgroup = File::open(&options.cgroup)
             .with_context(|| format!("opening cgroup {}", options.cgroup.display()))?;
+        // Links are pinned so that the datapath outlives the agent (fail closed: STRICT keeps
+        // resetting, captured connections keep failing fast instead of leaking plaintext). A
+        // restarting agent attaches its own links first, then releases the old ones.
+        let links_dir = options.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+        let inherited = pinned_links(&links_dir);
         let mut links = Vec::new();
         let mut programs = Vec::new();
         // `Single` still creates a bpf_link, which the kernel stacks with other links on the
@@ -103,8 +116,11 @@ impl Datapath {
             sock_ops.load().context("verifying lockmesh_sockops")?;
             let id =
                 sock_ops.attach(&cgroup, CgroupAttachMode::Single).context("attaching lockmesh_sockops")?;
-            links.push(FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?);
-            programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: sock_ops.info()?.id() });
+            let link =
+                FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?;
+            let prog_id = sock_ops.info()?.id();
+            links.push((prog_names::SOCK_OPS, prog_id, link));
+            programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: prog_id });
         }
         for name in [prog_names::CONNECT4, prog_names::GETPEERNAME4, prog_names::GETSOCKNAME4] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
@@ -112,8 +128,10 @@ impl Datapath {
             let id = prog
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name}"))?;
-            links.push(FdLink::try_from(prog.take_link(id)?).context("sock_addr link is not an fd link")?);
-            programs.push(ProgramRef { name: name.to_string(), id: prog.info()?.id() });
+            let link = FdLink::try_from(prog.take_link(id)?).context("sock_addr link is not an fd link")?;
+            let prog_id = prog.info()?.id();
+            links.push((name, prog_id, link));
+            programs.push(ProgramRef { name: name.to_string(), id: prog_id });
         }
 
         {
@@ -122,11 +140,38 @@ impl Datapath {
             programs.push(ProgramRef { name: prog_names::STRICT.to_string(), id: strict.info()?.id() });
         }
 
+        for (name, prog_id, link) in links {
+            let path = links_dir.join(format!("{name}-{prog_id}"));
+            link.pin(&path).with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+        }
+        let (inherited_guards, inherited_cgroup): (Vec<_>, Vec<_>) =
+            inherited.into_iter().partition(|p| is_guard_pin(p));
+        if !inherited_cgroup.is_empty() {
+            tracing::info!(links = inherited_cgroup.len(), "replacing the datapath of the previous agent");
+        }
+        for path in inherited_cgroup {
+            release_link(&path);
+        }
+        // Maps of another layout are used by no program of ours any more.
+        for old in std::fs::read_dir(&options.pin_dir).into_iter().flatten().filter_map(Result::ok) {
+            let name = old.file_name();
+            if name.to_string_lossy().starts_with("maps-") && old.path() != maps_dir {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+
         tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
-        Ok(Self { ebpf, pin_dir: options.pin_dir.clone(), links, programs, guarded: Default::default() })
+        Ok(Self {
+            ebpf,
+            pin_dir: options.pin_dir.clone(),
+            programs,
+            guarded: Default::default(),
+            inherited_guards,
+        })
     }
 
-    /// Puts the STRICT program on the way into a pod: TC egress of its host-side interface.
+    /// Puts the STRICT program on the way into a pod: TC egress of its host-side interface. The
+    /// link is pinned; a previous agent's link on the interface is released once ours is in.
     pub fn guard(&mut self, interface: &str) -> anyhow::Result<()> {
         if self.guarded.contains_key(interface) {
             return Ok(());
@@ -134,27 +179,53 @@ impl Datapath {
         // Needed on kernels without TCX; harmless where the qdisc exists or TCX is used.
         let _ = tc::qdisc_add_clsact(interface);
         let strict: &mut SchedClassifier = program(&mut self.ebpf, prog_names::STRICT)?.try_into()?;
-        let link = strict
+        let id = strict
             .attach(interface, TcAttachType::Egress)
             .with_context(|| format!("attaching lockmesh_strict to {interface}"))?;
-        self.guarded.insert(interface.to_string(), link);
+        let link =
+            FdLink::try_from(strict.take_link(id)?).context("the STRICT link is not an fd link (TCX)")?;
+        let prog_id = strict.info()?.id();
+        let ifindex =
+            nix::net::if_::if_nametoindex(interface).with_context(|| format!("no interface {interface}"))?;
+        let path = self.pin_dir.join(LINKS_DIR).join(format!("{GUARD_PREFIX}{ifindex}-{prog_id}"));
+        link.pin(&path).with_context(|| format!("pinning the STRICT link at {}", path.display()))?;
+        let prefix = format!("{GUARD_PREFIX}{ifindex}-");
+        self.inherited_guards.retain(|old| {
+            let same = old.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix));
+            if same {
+                release_link(old);
+            }
+            !same
+        });
+        self.guarded.insert(interface.to_string(), path);
         tracing::debug!(%interface, "STRICT guard attached");
         Ok(())
     }
 
     /// Removes the STRICT program from an interface (the pod left; the interface may be gone).
     pub fn unguard(&mut self, interface: &str) {
-        let Some(link) = self.guarded.remove(interface) else { return };
-        let detached = program(&mut self.ebpf, prog_names::STRICT)
-            .and_then(|p| Ok(<&mut SchedClassifier>::try_from(p)?))
-            .and_then(|p| Ok(p.detach(link)?));
-        if let Err(e) = detached {
-            tracing::debug!(%interface, error = %e, "detaching the STRICT guard (interface gone?)");
+        if let Some(path) = self.guarded.remove(interface) {
+            release_link(&path);
         }
     }
 
-    pub fn guarded(&self) -> impl Iterator<Item = &str> {
-        self.guarded.keys().map(String::as_str)
+    /// Releases the previous agent's guards of interfaces that are gone. Others stay until this
+    /// agent guards the interface again; until then they enforce what the (shared) STRICT map
+    /// says, which this agent keeps current.
+    pub fn release_inherited_guards(&mut self) {
+        self.inherited_guards.retain(|path| {
+            let ifindex = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(GUARD_PREFIX))
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(index, _)| index.parse::<u32>().ok());
+            let exists = ifindex.is_some_and(|index| nix::net::if_::if_indextoname(index).is_ok());
+            if !exists {
+                release_link(path);
+            }
+            exists
+        });
     }
 
     pub fn programs(&self) -> &[ProgramRef] {
@@ -191,11 +262,41 @@ impl Datapath {
 
     /// Detaches the programs and removes this node's pins: nothing of the agent stays in the
     /// kernel.
-    pub fn detach_and_unpin(self) -> anyhow::Result<()> {
-        let Self { ebpf, pin_dir, links, .. } = self;
-        drop(links);
-        drop(ebpf);
-        remove_pins(&pin_dir)
+    /// Leaves the datapath in the kernel, pinned, for the next agent (fail closed).
+    pub fn leave_in_place(self) {
+        tracing::info!(
+            pins = %self.pin_dir.display(),
+            "datapath left in place (STRICT keeps holding); `lockmesh agent --cleanup` removes it"
+        );
+    }
+}
+
+/// Subdirectory of the pin dir holding pinned links: `<program>-<id>` for the cgroup programs,
+/// `strict-<ifindex>-<id>` for the STRICT guards (bpffs refuses names with dots).
+const LINKS_DIR: &str = "links";
+/// Version of the maps' layout (their key and value types); bump it when they change.
+const MAP_LAYOUT: u32 = 1;
+const GUARD_PREFIX: &str = "strict-";
+
+fn pinned_links(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn is_guard_pin(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(GUARD_PREFIX))
+}
+
+/// Unpins a link and drops it, which detaches it (unless something else holds it).
+fn release_link(path: &Path) {
+    let released = PinnedLink::from_pin(path).map_err(anyhow::Error::from).and_then(|l| Ok(l.unpin()?));
+    match released {
+        Ok(link) => drop(link),
+        Err(e) => {
+            tracing::debug!(pin = %path.display(), error = %e, "releasing a pinned link");
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

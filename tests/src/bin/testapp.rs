@@ -3,10 +3,17 @@
 //! ```text
 //! lockmesh-testapp serve --listen 0.0.0.0:8080 --name details     # logs every peer as JSON
 //! lockmesh-testapp echo --listen 0.0.0.0:9000                      # reads to EOF, echoes, closes
+//! lockmesh-testapp echo --listen 0.0.0.0:9001 --stream             # echoes as data arrives
 //! lockmesh-testapp get --connect 10.77.2.2:8080 --path /bytes/1000 [--count N --interval-ms M]
 //! lockmesh-testapp send --connect 10.77.2.2:9000 --bytes 1000      # half-close round trip
-//! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200       # many open connections
+//! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200 [--parallel 16]  # many open connections
+//! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024
+//! lockmesh-testapp pingpong --connect 10.77.2.2:9001 --bytes 1 --millis 2000   # RTT percentiles
 //! ```
+//! `pingpong` (against `echo --stream`): one connection, TCP_NODELAY, send N bytes, wait for the N
+//! echoed bytes, again; prints round-trip percentiles in µs after a short warm-up.
+//! `connrate` (against `echo`): each of N threads loops connect, send, half-close, read the echo
+//! to EOF, close; prints one JSON result (rates, refusals, per-connection latency percentiles).
 //! Server routes: `GET /` (hello + marker), `GET /bytes/N` (N pattern bytes), `GET /peer` (the
 //! peer address the server sees), `POST /echo`. Keep-alive unless `Connection: close`.
 use std::{
@@ -44,7 +51,9 @@ impl Args {
 fn run() -> anyhow::Result<()> {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
-        bail!("usage: lockmesh-testapp serve|echo|get|send|hold [flags] (see the source header)");
+        bail!(
+            "usage: lockmesh-testapp serve|echo|get|send|hold|connrate|pingpong [flags] (see the source header)"
+        );
     }
     let command = argv.remove(0);
     let args = Args(argv);
@@ -52,7 +61,13 @@ fn run() -> anyhow::Result<()> {
         "serve" => {
             serve(args.required("--listen")?.parse()?, args.value("--name").unwrap_or("app").to_string())
         }
+        "echo" if args.0.iter().any(|a| a == "--stream") => stream_echo(args.required("--listen")?.parse()?),
         "echo" => echo(args.required("--listen")?.parse()?),
+        "pingpong" => pingpong(
+            args.required("--connect")?.parse()?,
+            args.number("--bytes", 1)?.max(1) as usize,
+            Duration::from_millis(args.number("--millis", 1000)?),
+        ),
         "get" => get(
             args.required("--connect")?.parse()?,
             args.value("--path").unwrap_or("/"),
@@ -64,6 +79,13 @@ fn run() -> anyhow::Result<()> {
             args.required("--connect")?.parse()?,
             args.number("--count", 10)?,
             args.number("--seconds", 3600)?,
+            args.number("--parallel", 1)?.max(1),
+        ),
+        "connrate" => connrate(
+            args.required("--connect")?.parse()?,
+            args.number("--concurrency", 1)?.max(1),
+            Duration::from_millis(args.number("--millis", 1000)?),
+            args.number("--bytes", 1024)? as usize,
         ),
         other => bail!("unknown command {other}"),
     }
@@ -278,27 +300,42 @@ fn send(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `count` keep-alive connections, makes one request on each, keeps them open for
-/// `seconds` (or until killed), then closes them; prints how many worked.
-fn hold(addr: SocketAddr, count: u64, seconds: u64) -> anyhow::Result<()> {
+/// Opens `count` keep-alive connections (`parallel` threads opening them), makes one request on
+/// each, keeps them open for `seconds` (or until killed), then closes them; prints how many
+/// worked.
+fn hold(addr: SocketAddr, count: u64, seconds: u64, parallel: u64) -> anyhow::Result<()> {
     let results = Arc::new(Mutex::new((0u64, 0u64)));
+    let openers: Vec<_> = (0..parallel)
+        .map(|i| {
+            let results = results.clone();
+            // An even share per thread.
+            let share = count / parallel + u64::from(i < count % parallel);
+            std::thread::spawn(move || {
+                let mut streams = Vec::new();
+                for _ in 0..share {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        Ok(mut s) => {
+                            let ok = write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").is_ok()
+                                && read_response_head(&mut s);
+                            if let Ok(mut r) = results.lock() {
+                                if ok { r.0 += 1 } else { r.1 += 1 }
+                            }
+                            streams.push(s);
+                        }
+                        Err(_) => {
+                            if let Ok(mut r) = results.lock() {
+                                r.1 += 1;
+                            }
+                        }
+                    }
+                }
+                streams
+            })
+        })
+        .collect();
     let mut streams = Vec::new();
-    for _ in 0..count {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            Ok(mut s) => {
-                let ok =
-                    write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").is_ok() && read_response_head(&mut s);
-                if let Ok(mut r) = results.lock() {
-                    if ok { r.0 += 1 } else { r.1 += 1 }
-                }
-                streams.push(s);
-            }
-            Err(_) => {
-                if let Ok(mut r) = results.lock() {
-                    r.1 += 1;
-                }
-            }
-        }
+    for opener in openers {
+        streams.extend(opener.join().map_err(|_| anyhow::anyhow!("opener panicked"))?);
     }
     let (ok, failed) = results.lock().map(|r| *r).unwrap_or_default();
     log_line(serde_json::json!({"event": "holding", "ok": ok, "failed": failed}));
@@ -321,4 +358,152 @@ fn read_response_head(s: &mut TcpStream) -> bool {
         }
     }
     false
+}
+
+#[derive(Default)]
+struct RateTally {
+    ok: u64,
+    /// Connection refused or reset (what a STRICT destination does to plaintext).
+    refused: u64,
+    /// Timeouts, short echoes and other errors.
+    errors: u64,
+    latencies_us: Vec<u64>,
+}
+
+/// One connection: connect, send `request`, half-close, read the echo to EOF.
+fn one_transaction(addr: SocketAddr, request: &[u8]) -> std::io::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request)?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got == request.len());
+        }
+        got += n;
+    }
+}
+
+/// `concurrency` threads each run transactions back to back for `duration`.
+fn connrate(addr: SocketAddr, concurrency: u64, duration: Duration, bytes: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let request = Arc::new(vec![b'x'; bytes]);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let mut tally = RateTally::default();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match one_transaction(addr, &request) {
+                        Ok(true) => {
+                            tally.ok += 1;
+                            tally.latencies_us.push(t.elapsed().as_micros() as u64);
+                        }
+                        Ok(false) => tally.errors += 1,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                            ) =>
+                        {
+                            tally.refused += 1
+                        }
+                        Err(_) => tally.errors += 1,
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = RateTally::default();
+    for worker in workers {
+        let tally = worker.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+        total.ok += tally.ok;
+        total.refused += tally.refused;
+        total.errors += tally.errors;
+        total.latencies_us.extend(tally.latencies_us);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    let pct = |p: f64| -> Option<f64> {
+        let n = total.latencies_us.len();
+        (n > 0).then(|| total.latencies_us[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0)
+    };
+    log_line(serde_json::json!({
+        "ok": total.ok,
+        "refused": total.refused,
+        "errors": total.errors,
+        "seconds": seconds,
+        "per_sec": total.ok as f64 / seconds,
+        "refused_per_sec": total.refused as f64 / seconds,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+    }));
+    Ok(())
+}
+
+/// Echoes whatever arrives, as it arrives, until the peer closes.
+fn stream_echo(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    log_line(serde_json::json!({"event": "listening", "addr": listen.to_string()}));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Round trips of `bytes` on one connection for `duration` (after a warm-up of a tenth of it).
+fn pingpong(addr: SocketAddr, bytes: usize, duration: Duration) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let message = vec![b'p'; bytes];
+    let mut reply = vec![0u8; bytes];
+    let warmup_end = Instant::now() + duration / 10;
+    let mut rtts_ns: Vec<u64> = Vec::with_capacity(1 << 16);
+    let mut measuring_since = None;
+    loop {
+        let t = Instant::now();
+        if t >= warmup_end {
+            let since = *measuring_since.get_or_insert(t);
+            if t.duration_since(since) >= duration {
+                break;
+            }
+        }
+        stream.write_all(&message)?;
+        stream.read_exact(&mut reply).context("reading the echo")?;
+        if measuring_since.is_some() {
+            rtts_ns.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    if rtts_ns.is_empty() {
+        bail!("no round trip completed");
+    }
+    rtts_ns.sort_unstable();
+    let n = rtts_ns.len();
+    let pct = |p: f64| rtts_ns[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0;
+    log_line(serde_json::json!({
+        "count": n,
+        "mean_us": rtts_ns.iter().sum::<u64>() as f64 / n as f64 / 1000.0,
+        "p50_us": pct(0.5),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "max_us": rtts_ns[n - 1] as f64 / 1000.0,
+    }));
+    Ok(())
 }

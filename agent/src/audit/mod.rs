@@ -1,0 +1,66 @@
+//! The tamper-evident audit log: every finished flow (and every reset and denial) as one JSON
+//! line, hash-chained (`prev` = SHA-256 of the previous line) across files and restarts, with
+//! periodic checkpoints signed by the node's Ed25519 key. `lockmesh audit verify` checks it.
+pub mod chain;
+pub mod key;
+pub mod verify;
+pub mod writer;
+
+pub use chain::{AuditLine, Checkpoint, GENESIS};
+pub use key::NodeKey;
+pub use verify::{Problem, ProblemKind, Summary, verify_files};
+pub use writer::{AuditLog, AuditOptions, AuditSink, SyncPolicy};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use time::OffsetDateTime;
+
+    use super::writer::{AuditOptions, SyncPolicy};
+    use crate::flows::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict};
+
+    pub fn flow(id: u64) -> FlowRecord {
+        let endpoint = |ip: [u8; 4], port| Endpoint {
+            ip: ip.into(),
+            port,
+            namespace: Some("bookinfo".into()),
+            workload: Some("details".into()),
+            service_account: None,
+            identity: None,
+            labels: Default::default(),
+        };
+        let start = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_700_000_000 + id as i64);
+        let mut record = FlowRecord {
+            schema: SCHEMA.into(),
+            id: format!("test-{id:x}"),
+            start,
+            end: None,
+            node: "node1".into(),
+            reporter: Reporter::Source,
+            src: endpoint([10, 0, 0, 1], 40000),
+            dst: endpoint([10, 0, 0, 2], 8080),
+            encryption: Encryption::Mtls,
+            verdict: Verdict::Forwarded,
+            reason: None,
+            mode: None,
+            policy: Default::default(),
+            tls: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: None,
+        };
+        record.close(start + time::Duration::milliseconds(20), 100 + id, 2000);
+        record
+    }
+
+    pub fn options(path: &std::path::Path) -> AuditOptions {
+        AuditOptions {
+            path: path.to_path_buf(),
+            max_bytes: 64 << 20,
+            keep: 10,
+            sync: SyncPolicy::Batch,
+            checkpoint_records: 1000,
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            node: "node1".into(),
+        }
+    }
+}

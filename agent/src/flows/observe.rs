@@ -1,0 +1,11 @@
+//! Observers of finished and started flows: the audit log and the metrics are fed from the same
+//! place flows are stored, once per flow and reporter.
+use super::record::FlowRecord;
+
+pub trait FlowObserver: Send + Sync {
+    /// A flow was opened (stored as open in the table).
+    fn opened(&self, _record: &FlowRecord) {}
+    /// A flow is over: closed after being open (`was_open`), or reported finished (a denial, a
+    /// reset, an error) without ever having been open.
+    fn closed(&self, _record: &FlowRecord, _was_open: bool) {}
+}

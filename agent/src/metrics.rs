@@ -1,0 +1,334 @@
+//! `/metrics`: Istio's standard TCP metrics (same names and labels, so Istio dashboards work)
+//! and lockmesh's own, in the Prometheus text format. Fed by the flow sink, once per flow and
+//! reporter; gauges and kernel counters are read at scrape time.
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    flows::{Encryption, FlowObserver, FlowRecord, FlowStats, Verdict},
+    identity::CertificateStatus,
+    kernel::CounterValues,
+};
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+const UNKNOWN: &str = "unknown";
+
+/// Istio's label set of `istio_tcp_*` (names exactly as Istio's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_service: String,
+    pub connection_security_policy: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    destination_workload: String,
+    destination_workload_namespace: String,
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictedLabels {
+    table: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+    resets: Family<ResetLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
+    tracked: Gauge,
+    evicted: Family<EvictedLabels, Counter>,
+    kernel_drops: Counter,
+    cert_expiry: Family<IdentityLabels, Gauge>,
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            opened: Family::default(),
+            closed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            resets: Family::default(),
+            handshake_failures: Family::default(),
+            tracked: Gauge::default(),
+            evicted: Family::default(),
+            kernel_drops: Counter::default(),
+            cert_expiry: Family::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        // Counter names get `_total` from the encoder.
+        let r = &mut registry;
+        r.register("istio_tcp_connections_opened", "TCP connections opened", metrics.opened.clone());
+        r.register("istio_tcp_connections_closed", "TCP connections closed", metrics.closed.clone());
+        r.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent in responses (server to client)",
+            metrics.sent.clone(),
+        );
+        r.register(
+            "istio_tcp_received_bytes",
+            "Bytes received in requests (client to server)",
+            metrics.received.clone(),
+        );
+        r.register("lockmesh_flows_tracked", "Open flows in the agent's flow table", metrics.tracked.clone());
+        r.register(
+            "lockmesh_flows_evicted",
+            "Flows dropped from the flow table because it was full (open: never reported closed)",
+            metrics.evicted.clone(),
+        );
+        r.register(
+            "lockmesh_kernel_events_dropped",
+            "Kernel flow events lost because the ring buffer was full",
+            metrics.kernel_drops.clone(),
+        );
+        r.register("lockmesh_resets", "Connections reset or denied, by destination", metrics.resets.clone());
+        r.register(
+            "lockmesh_handshake_failures",
+            "Failed mTLS handshakes, by reason",
+            metrics.handshake_failures.clone(),
+        );
+        r.register(
+            "lockmesh_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of each workload certificate the agent holds",
+            metrics.cert_expiry.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition, with scrape-time values filled in.
+    pub fn render(
+        &self,
+        flows: FlowStats,
+        kernel: CounterValues,
+        certificates: &[CertificateStatus],
+    ) -> String {
+        let _guard = self.scrape.lock();
+        self.tracked.set(i64::try_from(flows.open).unwrap_or(i64::MAX));
+        let catch_up = |counter: &Counter, value: u64| {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        };
+        catch_up(&self.evicted.get_or_create(&EvictedLabels { table: "open".into() }), flows.evicted_open);
+        catch_up(
+            &self.evicted.get_or_create(&EvictedLabels { table: "closed".into() }),
+            flows.evicted_closed,
+        );
+        catch_up(&self.kernel_drops, kernel.ring_buffer_drops);
+        self.cert_expiry.clear();
+        for cert in certificates {
+            self.cert_expiry
+                .get_or_create(&IdentityLabels { identity: cert.identity.clone() })
+                .set(cert.not_after.unix_timestamp());
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Istio's labels for a flow.
+pub fn tcp_labels(r: &FlowRecord) -> TcpLabels {
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.to_string());
+    let app = |labels: &std::collections::BTreeMap<String, String>| {
+        labels
+            .get("app")
+            .or_else(|| labels.get("app.kubernetes.io/name"))
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN.into())
+    };
+    TcpLabels {
+        reporter: r.reporter.to_string(),
+        source_workload: or_unknown(&r.src.workload),
+        source_workload_namespace: or_unknown(&r.src.namespace),
+        source_principal: or_unknown(&r.src.identity),
+        source_app: app(&r.src.labels),
+        destination_workload: or_unknown(&r.dst.workload),
+        destination_workload_namespace: or_unknown(&r.dst.namespace),
+        destination_principal: or_unknown(&r.dst.identity),
+        destination_app: app(&r.dst.labels),
+        destination_service: UNKNOWN.into(),
+        connection_security_policy: match r.encryption {
+            Encryption::Mtls => "mutual_tls",
+            Encryption::Plaintext => "none",
+        }
+        .into(),
+        request_protocol: "tcp".into(),
+        response_flags: response_flags(r.verdict).into(),
+    }
+}
+
+/// Envoy's response flags: `-` none, `UF` upstream connection failure (denied: the peer or the
+/// policy refused the tunnel), `UR` upstream reset.
+fn response_flags(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Forwarded => "-",
+        Verdict::Denied | Verdict::Error => "UF",
+        Verdict::Reset => "UR",
+    }
+}
+
+/// A bounded `reason` label for a failed mTLS handshake, or `None` if `reason` is not one.
+pub fn handshake_failure(reason: &str) -> Option<&'static str> {
+    if !reason.contains("handshake") {
+        return None;
+    }
+    let has = |words: &[&str]| words.iter().any(|w| reason.contains(w));
+    Some(if has(&["secure naming", "is not the expected"]) {
+        "wrong_identity"
+    } else if has(&["outside trust domain"]) {
+        "wrong_trust_domain"
+    } else if has(&["UnknownIssuer", "BadSignature", "not trusted", "trusted CA"]) {
+        "untrusted_ca"
+    } else if has(&["expired"]) {
+        "expired"
+    } else if has(&["not valid yet"]) {
+        "not_yet_valid"
+    } else if has(&["timed out"]) {
+        "timeout"
+    } else if has(&["alert"]) {
+        "peer_refused"
+    } else if has(&["no certificate", "presented no certificate", "no SPIFFE ID"]) {
+        "no_certificate"
+    } else {
+        "other"
+    })
+}
+
+impl FlowObserver for Metrics {
+    fn opened(&self, record: &FlowRecord) {
+        self.opened.get_or_create(&tcp_labels(record)).inc();
+    }
+
+    fn closed(&self, record: &FlowRecord, was_open: bool) {
+        let labels = tcp_labels(record);
+        if !was_open {
+            self.opened.get_or_create(&labels).inc();
+        }
+        self.closed.get_or_create(&labels).inc();
+        self.sent.get_or_create(&labels).inc_by(record.bytes_received);
+        self.received.get_or_create(&labels).inc_by(record.bytes_sent);
+        if matches!(record.verdict, Verdict::Reset | Verdict::Denied) {
+            let labels = ResetLabels {
+                destination_workload: labels.destination_workload.clone(),
+                destination_workload_namespace: labels.destination_workload_namespace.clone(),
+                port: record.dst.port.to_string(),
+            };
+            self.resets.get_or_create(&labels).inc();
+        }
+        if let Some(reason) = record.reason.as_deref().and_then(handshake_failure) {
+            self.handshake_failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::testutil::flow;
+
+    #[test]
+    fn flows_count_once_with_istio_labels() {
+        let metrics = Metrics::new();
+        let mut mtls = flow(1);
+        mtls.src.identity = Some("spiffe://cluster.local/ns/bookinfo/sa/productpage".into());
+        mtls.dst.labels.insert("app".into(), "details".into());
+        metrics.opened(&mtls);
+        metrics.closed(&mtls, true);
+        let mut denied = flow(2);
+        denied.encryption = Encryption::Plaintext;
+        denied.verdict = Verdict::Denied;
+        denied.reason = Some("mTLS handshake: peer identity x is not the expected y (secure naming)".into());
+        metrics.closed(&denied, false);
+        let stats = FlowStats { open: 3, evicted_open: 2, ..Default::default() };
+        let kernel = CounterValues { ring_buffer_drops: 5, ..Default::default() };
+        let text = metrics.render(stats, kernel, &[]);
+        let line = |prefix: &str| {
+            let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+            let first = lines.next().unwrap_or_else(|| panic!("{prefix} in\n{text}"));
+            lines.find(|l| l.contains("mutual_tls")).unwrap_or(first)
+        };
+        let opened = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{reporter=\"source\"")
+                    && l.contains("mutual_tls")
+            })
+            .unwrap();
+        assert!(opened.contains("source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/productpage\""));
+        assert!(opened.contains("destination_app=\"details\",destination_service=\"unknown\""), "{opened}");
+        assert!(text.contains(
+            "connection_security_policy=\"mutual_tls\",request_protocol=\"tcp\",response_flags=\"-\"} 1"
+        ));
+        assert!(text.contains(
+            "connection_security_policy=\"none\",request_protocol=\"tcp\",response_flags=\"UF\"} 1"
+        ));
+        assert!(line("istio_tcp_sent_bytes_total").ends_with(" 2000"));
+        assert!(line("istio_tcp_received_bytes_total").ends_with(" 101"));
+        assert_eq!(line("lockmesh_flows_tracked"), "lockmesh_flows_tracked 3");
+        assert_eq!(line("lockmesh_kernel_events_dropped_total"), "lockmesh_kernel_events_dropped_total 5");
+        assert_eq!(
+            line("lockmesh_flows_evicted_total{table=\"open\"}"),
+            "lockmesh_flows_evicted_total{table=\"open\"} 2"
+        );
+        assert!(line("lockmesh_resets_total").contains("port=\"8080\"} 1"));
+        assert_eq!(
+            line("lockmesh_handshake_failures_total"),
+            "lockmesh_handshake_failures_total{reason=\"wrong_identity\"} 1"
+        );
+        // Scrape-time counters do not double on a second scrape.
+        let again = metrics.render(stats, kernel, &[]);
+        assert!(again.contains("lockmesh_kernel_events_dropped_total 5"));
+    }
+
+    #[test]
+    fn handshake_reasons_are_bounded() {
+        assert_eq!(
+            handshake_failure("mTLS handshake: peer certificate issuer is not trusted (UnknownIssuer)"),
+            Some("untrusted_ca")
+        );
+        assert_eq!(handshake_failure("mTLS handshake timed out"), Some("timeout"));
+        assert_eq!(handshake_failure("connect to 10.0.0.1:8080: refused"), None);
+    }
+}
