@@ -31,29 +31,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Small writes (HTTP/2 frames, request/response apps) must not wait for Nagle
-                // behind a delayed ACK: that alone costs ~40 ms per short connection.
-                let _ = stream.set_nodelay(true);
-                let (ctx, pod) = (ctx.clone(), pod.clone());
-                let guard = pod.connections.track();
-                tokio::spawn(async move {
-                    handle(&ctx, &pod, stream, peer).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod.workload.key, error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(pod, listener, stop, "outbound", move |pod, stream, peer| {
+        let ctx = ctx.clone();
+        async move { handle(&ctx, &pod, stream, peer).await }
+    })
+    .await
 }
 
 async fn handle(ctx: &EngineContext, pod: &PodProxy, app: TcpStream, peer: SocketAddr) {
