@@ -16,7 +16,7 @@ pub(crate) mod testutil {
     use time::OffsetDateTime;
 
     use super::writer::{AuditOptions, SyncPolicy};
-    use crate::flows::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict};
+    use crate::flows::{Encryption, Endpoint, FlowRecord, Reporter};
 
     pub fn flow(id: u64) -> FlowRecord {
         let endpoint = |ip: [u8; 4], port| Endpoint {
@@ -29,25 +29,15 @@ pub(crate) mod testutil {
             labels: Default::default(),
         };
         let start = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_700_000_000 + id as i64);
-        let mut record = FlowRecord {
-            schema: SCHEMA.into(),
-            id: format!("test-{id:x}"),
+        let mut record = FlowRecord::new(
+            format!("test-{id:x}"),
             start,
-            end: None,
-            node: "node1".into(),
-            reporter: Reporter::Source,
-            src: endpoint([10, 0, 0, 1], 40000),
-            dst: endpoint([10, 0, 0, 2], 8080),
-            encryption: Encryption::Mtls,
-            verdict: Verdict::Forwarded,
-            reason: None,
-            mode: None,
-            policy: Default::default(),
-            tls: None,
-            bytes_sent: 0,
-            bytes_received: 0,
-            duration_ms: None,
-        };
+            "node1".into(),
+            Reporter::Source,
+            endpoint([10, 0, 0, 1], 40000),
+            endpoint([10, 0, 0, 2], 8080),
+            Encryption::Mtls,
+        );
         record.close(start + time::Duration::milliseconds(20), 100 + id, 2000);
         record
     }

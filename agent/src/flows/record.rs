@@ -109,6 +109,37 @@ pub enum Verdict {
 }
 
 impl FlowRecord {
+    /// A flow that has just opened and is being forwarded; the rest is filled in as it goes.
+    pub fn new(
+        id: String,
+        start: OffsetDateTime,
+        node: String,
+        reporter: Reporter,
+        src: Endpoint,
+        dst: Endpoint,
+        encryption: Encryption,
+    ) -> Self {
+        Self {
+            schema: SCHEMA.to_string(),
+            id,
+            start,
+            end: None,
+            node,
+            reporter,
+            src,
+            dst,
+            encryption,
+            verdict: Verdict::Forwarded,
+            reason: None,
+            mode: None,
+            policy: FlowPolicy::default(),
+            tls: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.end.is_none()
     }

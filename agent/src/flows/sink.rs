@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::{
     observe::FlowObserver,
-    record::{Encryption, Endpoint, FlowRecord, Reporter, SCHEMA, Verdict},
+    record::{Encryption, Endpoint, FlowRecord, Reporter},
     table::FlowTable,
 };
 use crate::{inventory::Inventory, model::Workload};
@@ -79,25 +79,8 @@ impl FlowSink {
         dst: Endpoint,
         encryption: Encryption,
     ) -> FlowRecord {
-        FlowRecord {
-            schema: SCHEMA.to_string(),
-            id: format!("{}-{key:x}", self.id_prefix),
-            start,
-            end: None,
-            node: self.inventory.load().node.clone(),
-            reporter,
-            src,
-            dst,
-            encryption,
-            verdict: Verdict::Forwarded,
-            reason: None,
-            mode: None,
-            policy: Default::default(),
-            tls: None,
-            bytes_sent: 0,
-            bytes_received: 0,
-            duration_ms: None,
-        }
+        let id = format!("{}-{key:x}", self.id_prefix);
+        FlowRecord::new(id, start, self.inventory.load().node.clone(), reporter, src, dst, encryption)
     }
 
     /// Fills a flow's `mode` and PeerAuthentication from the server's policy, when the server is

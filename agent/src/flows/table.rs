@@ -129,7 +129,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::flows::record::{Encryption, Endpoint, Reporter, SCHEMA, Verdict};
+    use crate::flows::record::{Encryption, Endpoint, Reporter};
 
     fn endpoint(ip: [u8; 4], port: u16) -> Endpoint {
         Endpoint {
@@ -144,25 +144,15 @@ mod tests {
     }
 
     fn record(id: u64) -> FlowRecord {
-        FlowRecord {
-            schema: SCHEMA.into(),
-            id: id.to_string(),
-            start: OffsetDateTime::UNIX_EPOCH,
-            end: None,
-            node: "n".into(),
-            reporter: Reporter::Source,
-            src: endpoint([10, 0, 0, 1], 1),
-            dst: endpoint([10, 0, 0, 2], 2),
-            encryption: Encryption::Plaintext,
-            verdict: Verdict::Forwarded,
-            reason: None,
-            mode: None,
-            policy: Default::default(),
-            tls: None,
-            bytes_sent: 0,
-            bytes_received: 0,
-            duration_ms: None,
-        }
+        FlowRecord::new(
+            id.to_string(),
+            OffsetDateTime::UNIX_EPOCH,
+            "n".into(),
+            Reporter::Source,
+            endpoint([10, 0, 0, 1], 1),
+            endpoint([10, 0, 0, 2], 2),
+            Encryption::Plaintext,
+        )
     }
 
     #[test]
