@@ -28,3 +28,21 @@ pub async fn get_bytes(admin: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
     let response = get(admin, path).await?;
     Ok(response.into_body().collect().await.context("reading the admin response")?.to_bytes())
 }
+
+/// The flows of a running agent (`/flows`), or those recorded in audit-log `files` when any are
+/// given.
+pub async fn flow_records(
+    admin: SocketAddr,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<crate::flows::FlowRecord>> {
+    if files.is_empty() {
+        let body = get_bytes(admin, "/flows").await?;
+        return serde_json::from_slice(&body).context("parsing /flows");
+    }
+    let mut records = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        records.extend(crate::audit::chain::flows_in(&text));
+    }
+    Ok(records)
+}

@@ -19,21 +19,10 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
     if args.output == FlowsOutput::Table {
         writeln!(out, "{}", header())?;
     }
-    let records: Vec<FlowRecord> = if args.file.is_empty() {
-        if args.follow {
-            return follow(&args, &filter, &mut out, style).await;
-        }
-        let body = admin_client::get_bytes(args.admin, "/flows").await?;
-        serde_json::from_slice(&body).context("parsing /flows")?
-    } else {
-        let mut records = Vec::new();
-        for file in &args.file {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            records.extend(crate::audit::chain::flows_in(&text));
-        }
-        records
-    };
+    if args.file.is_empty() && args.follow {
+        return follow(&args, &filter, &mut out, style).await;
+    }
+    let records = admin_client::flow_records(args.admin, &args.file).await?;
     let matching: Vec<FlowRecord> = records.into_iter().filter(|r| filter.matches(r)).collect();
     for record in &flow_filter::last(matching, args.last) {
         print_record(&mut out, record, args.output, style)?;

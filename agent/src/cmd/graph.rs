@@ -14,18 +14,7 @@ use crate::{
 };
 
 pub async fn run(args: GraphArgs) -> anyhow::Result<()> {
-    let records: Vec<FlowRecord> = if args.file.is_empty() {
-        let body = admin_client::get_bytes(args.admin, "/flows").await?;
-        serde_json::from_slice(&body).context("parsing /flows")?
-    } else {
-        let mut records = Vec::new();
-        for file in &args.file {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            records.extend(crate::audit::chain::flows_in(&text));
-        }
-        records
-    };
+    let records = admin_client::flow_records(args.admin, &args.file).await?;
     let dot = to_dot(&records);
     match args.format {
         GraphFormat::Dot => print!("{dot}"),
