@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 pub struct DirWatch {
     _watcher: notify::RecommendedWatcher,
     changes: mpsc::Receiver<()>,
+    /// When the change being settled was first seen. Kept across calls so that a caller's
+    /// `select!` cancelling [`DirWatch::changed`] mid-settle does not lose the change.
+    pending_since: Option<tokio::time::Instant>,
 }
 
 /// Editors and `kubectl cp` write files in several steps; wait this long after the last event.
@@ -39,22 +42,52 @@ impl DirWatch {
         watcher
             .watch(dir, RecursiveMode::Recursive)
             .with_context(|| format!("watching {}", dir.display()))?;
-        Ok(Self { _watcher: watcher, changes })
+        Ok(Self { _watcher: watcher, changes, pending_since: None })
     }
 
     /// Waits for a change and for the writes that follow it to settle (at most `MAX_SETTLE`,
     /// so a steady trickle of writes cannot hold reloads back).
     pub async fn changed(&mut self) -> Option<()> {
-        self.changes.recv().await?;
-        let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+        // Cancellation-safe: every await below can be dropped and resumed by the next call.
+        let since = match self.pending_since {
+            Some(since) => since,
+            None => {
+                self.changes.recv().await?;
+                *self.pending_since.insert(tokio::time::Instant::now())
+            }
+        };
+        let deadline = since + MAX_SETTLE;
         loop {
             let wait = SETTLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout(wait, self.changes.recv()).await {
                 Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                Ok(Some(())) => return Some(()),
                 Ok(None) => return None,
-                Err(_) => return Some(()),
+                Ok(Some(())) | Err(_) => {
+                    self.pending_since = None;
+                    return Some(());
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::DirWatch;
+
+    /// The agent polls `changed()` inside `select!` next to a timer; a change must survive the
+    /// timer winning while the change is still settling.
+    #[tokio::test]
+    async fn a_change_survives_a_cancelled_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = DirWatch::new(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "x: 1\n").unwrap();
+        // Cancel while settling (the first event arrives well within 20 ms; settling takes 50).
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), watch.changed()).await;
+        assert!(cancelled.is_err(), "still settling");
+        let resumed = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
+        assert_eq!(resumed.ok(), Some(Some(())), "the change was kept");
     }
 }
