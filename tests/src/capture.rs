@@ -34,8 +34,21 @@ impl Capture {
 
     /// Stops the capture and returns the raw pcap bytes.
     pub fn finish(mut self) -> anyhow::Result<CaptureResult> {
-        // Let in-flight packets land before stopping.
-        std::thread::sleep(Duration::from_millis(200));
+        // Let in-flight packets land before stopping: on a loaded machine tcpdump can lag well
+        // behind the wire, and a stop drops what it has not written yet. Wait until the file has
+        // stopped growing for a while (bounded).
+        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let (started, mut last, mut stable_since) =
+            (std::time::Instant::now(), size(), std::time::Instant::now());
+        while stable_since.elapsed() < Duration::from_millis(300)
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = size();
+            if now != last {
+                (last, stable_since) = (now, std::time::Instant::now());
+            }
+        }
         self.process.stop();
         let bytes = std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))?;
         let summary = std::process::Command::new("tcpdump")

@@ -139,7 +139,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo
             .current_dir(&root)
-            .args(["test", "--release"])
+            // Every test binary runs even after one fails: CI shows all failures at once.
+            .args(["test", "--release", "--no-fail-fast"])
             .args(args)
             .env("LOCKMESH_BIN", &binaries.lockmesh)
             .env("LOCKMESH_TESTAPP_BIN", &binaries.testapp);
