@@ -2,20 +2,19 @@
 //! the app's EOF becomes END_STREAM, the peer's END_STREAM becomes a TCP shutdown(WR), and a
 //! reset on either side resets the other.
 //!
-//! Reads go into one reusable buffer whose chunks are handed to h2 without copying; the buffer
-//! reclaims its memory once h2 has written them, so steady state allocates nothing per chunk.
+//! Each read goes into a buffer allocated once the socket is readable and handed to h2 without
+//! copying; it is freed when h2 has written it, so an idle connection holds no buffer.
 use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Bytes read from the app per read call (also the most h2 is asked to buffer per stream).
+/// Most bytes read from the app per read call (also the most h2 is asked to buffer per stream).
 const CHUNK: usize = 256 * 1024;
+/// First read size; a read that fills it switches to `CHUNK` (bulk), a short one back.
+const SMALL_CHUNK: usize = 16 * 1024;
 
 /// How a copy ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -79,16 +78,25 @@ async fn tcp_to_h2(
     send: &mut SendStream<Bytes>,
     total: &mut u64,
 ) -> Result<(), CopyError> {
-    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut size = SMALL_CHUNK;
     loop {
-        buf.reserve(CHUNK);
-        let n = read.read_buf(&mut buf).await?;
+        // No buffer while the app is quiet: an idle connection holds none (RSS per idle
+        // connection), and a busy one gets a fresh one per read anyway, because the previous
+        // one is still in h2's hands until written.
+        read.readable().await?;
+        let mut buf = BytesMut::with_capacity(size);
+        let n = match read.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             send.send_data(Bytes::new(), true)?;
             return Ok(());
         }
         *total += n as u64;
-        let mut chunk = buf.split().freeze();
+        size = if n == buf.capacity() { CHUNK } else { SMALL_CHUNK };
+        let mut chunk = buf.freeze();
         while !chunk.is_empty() {
             // Respect the peer's flow-control window instead of letting h2 buffer without bound.
             send.reserve_capacity(chunk.len());

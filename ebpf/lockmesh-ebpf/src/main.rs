@@ -5,6 +5,7 @@
 mod capture;
 mod maps;
 mod observer;
+mod shortcut;
 mod strict;
 
 #[cfg(not(test))]
