@@ -87,9 +87,6 @@ pub struct CounterValues {
     pub flows_closed: u64,
     pub captured: u64,
     pub strict_resets: u64,
-    /// App↔engine hop sockets given the in-kernel shortcut, and those that could not be.
-    pub hop_shortcuts: u64,
-    pub hop_shortcut_failures: u64,
 }
 
 impl Counters {
@@ -108,8 +105,6 @@ impl Counters {
             flows_closed: sum(counter::FLOWS_CLOSED)?,
             captured: sum(counter::CAPTURED)?,
             strict_resets: sum(counter::STRICT_RESETS)?,
-            hop_shortcuts: sum(counter::HOP_SHORTCUTS)?,
-            hop_shortcut_failures: sum(counter::HOP_SHORTCUT_FAILURES)?,
         })
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, PinnedLink},
         tc,
     },
@@ -133,12 +133,6 @@ impl Datapath {
             links.push((name, prog_id, link));
             programs.push(ProgramRef { name: name.to_string(), id: prog_id });
         }
-
-        attach_hop_shortcut(&mut ebpf)?;
-        programs.push(ProgramRef {
-            name: prog_names::HOP_SHORTCUT.to_string(),
-            id: ebpf_program_id(&mut ebpf, prog_names::HOP_SHORTCUT)?,
-        });
 
         {
             let strict: &mut SchedClassifier = program(&mut ebpf, prog_names::STRICT)?.try_into()?;
@@ -281,7 +275,7 @@ impl Datapath {
 /// `strict-<ifindex>-<id>` for the STRICT guards (bpffs refuses names with dots).
 const LINKS_DIR: &str = "links";
 /// Version of the maps' layout (their key and value types); bump it when they change.
-const MAP_LAYOUT: u32 = 2;
+const MAP_LAYOUT: u32 = 1;
 const GUARD_PREFIX: &str = "strict-";
 
 fn pinned_links(dir: &Path) -> Vec<PathBuf> {
@@ -304,24 +298,6 @@ fn release_link(path: &Path) {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// Attaches the `sk_msg` shortcut to the hop sockhash. It detaches when the agent exits (its
-/// engine ends of the hops close then anyway); a restarted agent attaches its own.
-fn attach_hop_shortcut(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let hops: aya::maps::SockHash<_, lockmesh_common::HopKey> = ebpf
-        .map(map_names::HOP_SOCKETS)
-        .with_context(|| format!("map {} missing from the eBPF object", map_names::HOP_SOCKETS))?
-        .try_into()?;
-    let hops = hops.fd().try_clone().context("duplicating the hop sockhash fd")?;
-    let shortcut: &mut SkMsg = program(ebpf, prog_names::HOP_SHORTCUT)?.try_into()?;
-    shortcut.load().context("verifying lockmesh_hop_shortcut")?;
-    shortcut.attach(&hops).context("attaching lockmesh_hop_shortcut to the hop sockhash")?;
-    Ok(())
-}
-
-fn ebpf_program_id(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<u32> {
-    Ok(program(ebpf, name)?.info()?.id())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {

@@ -17,8 +17,6 @@ pub mod maps {
     pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
     pub const STRICT: &str = "STRICT";
     pub const STRICT_EXEMPT: &str = "STRICT_EXEMPT";
-    pub const HOP_SOCKETS: &str = "HOP_SOCKETS";
-    pub const HOPS_VIA_TCP: &str = "HOPS_VIA_TCP";
     /// Every map, all pinned per node by the agent.
     pub const ALL: &[&str] = &[
         ENROLLED,
@@ -30,8 +28,6 @@ pub mod maps {
         ORIG_DST_BY_PORT,
         STRICT,
         STRICT_EXEMPT,
-        HOP_SOCKETS,
-        HOPS_VIA_TCP,
     ];
 }
 
@@ -57,7 +53,6 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "lockmesh_getpeername4";
     pub const GETSOCKNAME4: &str = "lockmesh_getsockname4";
     pub const STRICT: &str = "lockmesh_strict";
-    pub const HOP_SHORTCUT: &str = "lockmesh_hop_shortcut";
 }
 
 /// Value of the `ENROLLED` map, keyed by the network-namespace cookie of an enrolled pod.
@@ -142,37 +137,6 @@ pub struct PortKey {
     pub _pad: [u8; 6],
 }
 
-/// Key of the `HOP_SOCKETS` sockhash: one end of an in-pod hop between an app and the engine
-/// (the app's connection to 127.0.0.1:15001, or the engine's transparent leg to the app), whose
-/// bytes the kernel may hand straight to the other end's socket. The namespace is part of the key:
-/// every pod has the same loopback 4-tuples, and without it bytes could reach another pod.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HopKey {
-    pub netns_cookie: u64,
-    /// Network byte order.
-    pub local_ip4: u32,
-    /// Network byte order.
-    pub remote_ip4: u32,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub _pad: u32,
-}
-
-impl HopKey {
-    /// The key of the socket at the other end of the hop.
-    pub const fn peer(&self) -> Self {
-        Self {
-            netns_cookie: self.netns_cookie,
-            local_ip4: self.remote_ip4,
-            remote_ip4: self.local_ip4,
-            local_port: self.remote_port,
-            remote_port: self.local_port,
-            _pad: 0,
-        }
-    }
-}
-
 /// Kinds of [`FlowEvent`].
 pub mod event_kind {
     /// A TCP connection of an enrolled pod reached ESTABLISHED.
@@ -227,12 +191,8 @@ pub mod counter {
     pub const CAPTURED: u32 = 3;
     /// Plaintext SYNs to STRICT ports answered with a RST.
     pub const STRICT_RESETS: u32 = 4;
-    /// App↔engine hop sockets whose bytes the kernel passes socket to socket (sockhash).
-    pub const HOP_SHORTCUTS: u32 = 5;
-    /// Hop sockets that could not take the shortcut (map full); their bytes use loopback TCP.
-    pub const HOP_SHORTCUT_FAILURES: u32 = 6;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 5;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
@@ -261,6 +221,4 @@ mod user {
     unsafe impl aya::Pod for super::StrictKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExemptKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::HopKey {}
 }

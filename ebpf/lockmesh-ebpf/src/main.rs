@@ -5,7 +5,6 @@
 mod capture;
 mod maps;
 mod observer;
-mod shortcut;
 mod strict;
 
 #[cfg(not(test))]

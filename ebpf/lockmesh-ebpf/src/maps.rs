@@ -2,9 +2,9 @@
 //! the tables at load time from its flags.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, HopKey, OrigDst, PortKey, StrictKey, counter};
+use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, StrictKey, counter};
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
 #[map(name = "ENROLLED")]
@@ -40,16 +40,6 @@ pub static STRICT: HashMap<StrictKey, u32> = HashMap::with_max_entries(65_536, 0
 /// Sources allowed to reach STRICT ports in plaintext (health probes).
 #[map(name = "STRICT_EXEMPT")]
 pub static STRICT_EXEMPT: HashMap<ExemptKey, u32> = HashMap::with_max_entries(4096, 0);
-
-/// Both ends of every in-pod app↔engine hop; closed sockets leave on their own. When full, new
-/// hops use loopback TCP (counted).
-#[map(name = "HOP_SOCKETS")]
-pub static HOP_SOCKETS: SockHash<HopKey> = SockHash::with_max_entries(65_536, 0);
-
-/// Hop sockets that already sent bytes through loopback TCP (their peer was not in
-/// `HOP_SOCKETS` yet): they keep doing so, or later bytes could overtake earlier ones.
-#[map(name = "HOPS_VIA_TCP")]
-pub static HOPS_VIA_TCP: LruHashMap<HopKey, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]

@@ -12,12 +12,9 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use lockmesh_common::{FlowEvent, HopKey, PortKey, counter, engine, event_kind, role, tcp_state};
+use lockmesh_common::{FlowEvent, PortKey, counter, engine, event_kind, role, tcp_state};
 
-use crate::{
-    maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled},
-    shortcut,
-};
+use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled};
 
 /// Reads a context field with a load of its own: clang would otherwise merge loads of
 /// neighbouring fields into a computed-offset access the verifier rejects ("dereference of
@@ -126,22 +123,6 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
         return;
     }
     let local_port = ctx_field!(ctx, local_port) as u16;
-    let endpoints = ipv4_endpoints(ctx);
-    let mark = socket_mark(ctx);
-    if let Some((local, remote)) = endpoints {
-        let key = HopKey {
-            netns_cookie: netns,
-            local_ip4: local,
-            remote_ip4: remote,
-            local_port,
-            // remote_port holds the network-order port in its upper 16 bits.
-            remote_port: u32::from_be(ctx_field!(ctx, remote_port)) as u16,
-            _pad: 0,
-        };
-        if shortcut::is_hop(role, &key, mark) {
-            shortcut::add_hop_socket(ctx, &key);
-        }
-    }
     if role == role::CLIENT {
         // A connection the capture hook steered to the engine: hand its original destination
         // to the engine, keyed by what accept() will show it (this namespace, this port). This
@@ -155,7 +136,7 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
             return; // the engine reports this flow, with its encryption
         }
     }
-    let Some((local, remote)) = endpoints else {
+    let Some((local, remote)) = ipv4_endpoints(ctx) else {
         return;
     };
     // In-pod loopback traffic is not pod-to-pod traffic.
@@ -167,6 +148,7 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
     if role == role::SERVER && local_port == engine::HBONE_PORT {
         return;
     }
+    let mark = socket_mark(ctx);
     if mark == engine::MARK_OUTBOUND || mark == engine::MARK_INBOUND {
         return;
     }

@@ -6,7 +6,6 @@
 //! lockmesh-testapp echo --listen 0.0.0.0:9001 --stream             # echoes as data arrives
 //! lockmesh-testapp get --connect 10.77.2.2:8080 --path /bytes/1000 [--count N --interval-ms M]
 //! lockmesh-testapp send --connect 10.77.2.2:9000 --bytes 1000      # half-close round trip
-//!                       [--from-port 40000 --salt 7]  # fixed local port; XOR the pattern with 7
 //! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200 [--parallel 16]  # many open connections
 //! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024
 //! lockmesh-testapp pingpong --connect 10.77.2.2:9001 --bytes 1 --millis 2000   # RTT percentiles
@@ -75,12 +74,7 @@ fn run() -> anyhow::Result<()> {
             args.number("--count", 1)?,
             Duration::from_millis(args.number("--interval-ms", 0)?),
         ),
-        "send" => send(
-            args.required("--connect")?.parse()?,
-            args.number("--bytes", 1000)?,
-            args.value("--from-port").map(str::parse).transpose()?,
-            args.number("--salt", 0)? as u8,
-        ),
+        "send" => send(args.required("--connect")?.parse()?, args.number("--bytes", 1000)?),
         "hold" => hold(
             args.required("--connect")?.parse()?,
             args.number("--count", 10)?,
@@ -280,12 +274,9 @@ fn get(addr: SocketAddr, path: &str, count: u64, interval: Duration) -> anyhow::
 }
 
 /// Sends `n` pattern bytes, half-closes, reads the echo to EOF; prints one JSON result.
-fn send(addr: SocketAddr, n: u64, from_port: Option<u16>, salt: u8) -> anyhow::Result<()> {
-    let mut stream = match from_port {
-        Some(port) => connect_from(addr, port)?,
-        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .with_context(|| format!("connect {addr}"))?,
-    };
+fn send(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut sent_hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -293,7 +284,6 @@ fn send(addr: SocketAddr, n: u64, from_port: Option<u16>, salt: u8) -> anyhow::R
     while offset < n {
         let len = (n - offset).min(buf.len() as u64) as usize;
         fill_pattern(&mut buf[..len], offset);
-        buf[..len].iter_mut().for_each(|b| *b ^= salt);
         stream.write_all(&buf[..len])?;
         sent_hash.update(&buf[..len]);
         offset += len as u64;
@@ -308,22 +298,6 @@ fn send(addr: SocketAddr, n: u64, from_port: Option<u16>, salt: u8) -> anyhow::R
         "received_sha256": hex(&Sha256::digest(&echoed)),
     }));
     Ok(())
-}
-
-/// Connects from a fixed local port (`SO_REUSEADDR`), so that tests can give two pods the same
-/// 4-tuple.
-fn connect_from(addr: SocketAddr, port: u16) -> anyhow::Result<TcpStream> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
-    };
-    let SocketAddr::V4(v4) = addr else { bail!("--from-port needs an IPv4 address") };
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, port))
-        .with_context(|| format!("bind 0.0.0.0:{port}"))?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))
-        .with_context(|| format!("connect {addr} from port {port}"))?;
-    Ok(TcpStream::from(fd))
 }
 
 /// Opens `count` keep-alive connections (`parallel` threads opening them), makes one request on
