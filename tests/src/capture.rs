@@ -16,7 +16,10 @@ impl Capture {
     pub fn start(ns: &std::path::Path, iface: &str, filter: &str, file: PathBuf) -> anyhow::Result<Self> {
         let mut command = netns::command_in(ns, "tcpdump")?;
         command
-            .args(["-i", iface, "-s", "0", "-U", "--immediate-mode", "-n", "-w"])
+            // Immediate mode retires a ring block per packet and blocks are snaplen-sized: with
+            // `-s 0` (256 KiB) the default 2 MiB ring held 8 packets, and a loaded machine
+            // dropped the rest. 64 KiB snaplen (a whole GRO packet) and a 64 MiB ring.
+            .args(["-i", iface, "-s", "65535", "-B", "65536", "-U", "--immediate-mode", "-n", "-w"])
             .arg(&file)
             .args(filter.split_whitespace());
         let log = file.with_extension("log");
@@ -50,6 +53,13 @@ impl Capture {
             }
         }
         self.process.stop();
+        // A capture that missed packets proves nothing about what crossed the wire.
+        let log = self.process.log();
+        if let Some(line) = log.lines().find(|l| l.contains("dropped by kernel")) {
+            if !line.trim_start().starts_with("0 ") {
+                bail!("tcpdump missed packets ({line}); the capture cannot be trusted");
+            }
+        }
         let bytes = std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))?;
         let summary = std::process::Command::new("tcpdump")
             .args(["-nn", "-r"])
