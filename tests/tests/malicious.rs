@@ -107,33 +107,39 @@ fn engine_ports_refuse_plaintext_foreign_certificates_and_hbone_to_the_engine_it
     let admin_remote = format!("http://{node2}:15000/readyz");
 
     use Outcome::*;
-    let cases: Vec<(From, Vec<&str>, Outcome)> = vec![
+    let cases: Vec<(From, Vec<&str>, &[Outcome])> = vec![
         // An out-of-mesh pod.
-        (From::Pod("outsider"), vec![&hbone_plain], Closed),
-        (From::Pod("outsider"), vec!["-k", &hbone_tls], Closed),
-        (From::Pod("outsider"), vec!["-k", "--cert", &cert, "--key", &key, &hbone_tls], Closed),
-        (From::Pod("outsider"), vec![&outbound], Refused),
-        (From::Pod("outsider"), vec![&admin_remote], Refused),
+        (From::Pod("outsider"), vec![&hbone_plain], &[Closed]),
+        (From::Pod("outsider"), vec!["-k", &hbone_tls], &[Closed]),
+        (From::Pod("outsider"), vec!["-k", "--cert", &cert, "--key", &key, &hbone_tls], &[Closed]),
+        (From::Pod("outsider"), vec![&outbound], &[Refused]),
+        (From::Pod("outsider"), vec![&admin_remote], &[Refused]),
         // The node: the admin endpoint is its own (loopback only); the engine's ports are not.
-        (From::Node("node2"), vec![&hbone_plain], Closed),
-        (From::Node("node2"), vec!["-k", "--cert", &cert, "--key", &key, &hbone_tls], Closed),
-        (From::Node("node2"), vec!["http://127.0.0.1:15001/"], Refused),
-        (From::Node("node2"), vec!["http://127.0.0.1:15000/healthz"], Answered(200)),
+        (From::Node("node2"), vec![&hbone_plain], &[Closed]),
+        (From::Node("node2"), vec!["-k", "--cert", &cert, "--key", &key, &hbone_tls], &[Closed]),
+        (From::Node("node2"), vec!["http://127.0.0.1:15001/"], &[Refused]),
+        (From::Node("node2"), vec!["http://127.0.0.1:15000/healthz"], &[Answered(200)]),
+        // Captured connections are reset by the local engine once the peer refuses, sometimes
+        // before curl's connect() returns (curl 7): the denied flows below show who refused.
         // An in-mesh pod: tunneled as HBONE naming the engine's own ports (refused), or direct
         // to 15008 where TLS refuses plaintext.
-        (From::Pod("productpage"), vec![&hbone_plain], Closed),
-        (From::Pod("productpage"), vec![&outbound], Closed),
-        (From::Pod("productpage"), vec![&admin_remote], Refused),
+        (From::Pod("productpage"), vec![&hbone_plain], &[Closed, Refused]),
+        (From::Pod("productpage"), vec![&outbound], &[Closed, Refused]),
+        (From::Pod("productpage"), vec![&admin_remote], &[Refused]),
         // The target pod itself, on its loopback and on its own address.
-        (From::Pod("details"), vec!["http://127.0.0.1:15001/"], Closed),
-        (From::Pod("details"), vec!["http://127.0.0.1:15008/"], Closed),
-        (From::Pod("details"), vec!["-k", "https://127.0.0.1:15008/"], Closed),
-        (From::Pod("details"), vec![&hbone_plain], Closed),
-        (From::Pod("details"), vec!["http://127.0.0.1:15000/readyz"], Refused),
+        // No original destination: the engine resets at once, often before connect() returns.
+        (From::Pod("details"), vec!["http://127.0.0.1:15001/"], &[Closed, Refused]),
+        (From::Pod("details"), vec!["http://127.0.0.1:15008/"], &[Closed]),
+        (From::Pod("details"), vec!["-k", "https://127.0.0.1:15008/"], &[Closed]),
+        (From::Pod("details"), vec![&hbone_plain], &[Closed, Refused]),
+        (From::Pod("details"), vec!["http://127.0.0.1:15000/readyz"], &[Refused]),
     ];
     for (from, args, expected) in &cases {
         let (outcome, took) = call(&tb, *from, args);
-        assert_eq!(&outcome, expected, "curl {args:?} from {from:?}");
+        assert!(
+            expected.contains(&outcome),
+            "curl {args:?} from {from:?}: {outcome:?}, expected {expected:?}"
+        );
         // A loop or a hang would show as the curl timeout (3 s).
         assert!(took < Duration::from_secs(2), "curl {args:?} from {from:?} took {took:?}");
     }
