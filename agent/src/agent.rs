@@ -20,12 +20,15 @@ use crate::{
     flows::{FlowLimits, FlowObserver, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
-    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, StrictMap},
+    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, PodSourcesMap, StrictMap},
     metrics::Metrics,
     model::{ClusterState, ObjectKey},
     podnet,
     policy::MeshParams,
-    proxy::Engine,
+    proxy::{
+        Engine,
+        limits::{EngineLimits, Limiter},
+    },
     source::{Source, SourceOptions, Update},
 };
 
@@ -43,6 +46,8 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// HTTP/2 streams per HBONE connection.
     pub hbone_max_streams: u32,
+    /// Bounds on inbound handshakes, idle HBONE connections and streams per peer.
+    pub engine_limits: EngineLimits,
     /// Istio's root namespace and the cluster domain.
     pub mesh: MeshParams,
     /// Sources allowed to reach STRICT ports in plaintext (health probes).
@@ -65,6 +70,7 @@ struct Node {
     capture_map: CaptureMap,
     strict_map: StrictMap,
     exempt_map: ExemptMap,
+    pod_sources_map: PodSourcesMap,
     /// Each enrolled pod's host-side interface carrying the STRICT guard, by pod and netns.
     guards: HashMap<ObjectKey, (u64, String)>,
     engine: Engine,
@@ -116,6 +122,7 @@ impl Node {
             );
         }
         self.guard_pods().await;
+        self.guard_sources()?;
         self.engine.retire(self.enrolment.pods()).await;
         Ok(())
     }
@@ -158,6 +165,31 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Keeps the anti-spoofing guard on the interface of every pod the STRICT guard found:
+    /// first the allowed sources, then the program (which drops whatever is not listed).
+    fn guard_sources(&mut self) -> anyhow::Result<()> {
+        let mut interfaces = Vec::new();
+        for pod in self.enrolment.pods() {
+            let Some((_, interface)) = self.guards.get(&pod.workload.key) else { continue };
+            match nix::net::if_::if_nametoindex(interface.as_str()) {
+                Ok(ifindex) => interfaces.push((ifindex, interface.clone(), &pod.workload.addresses[..])),
+                // The pod is going away; its guards go with the next reconcile.
+                Err(e) => tracing::debug!(%interface, error = %e, "pod interface gone"),
+            }
+        }
+        let sources = desired::pod_sources(interfaces.iter().map(|(ifindex, _, addrs)| (*ifindex, *addrs)));
+        self.pod_sources_map.sync(&sources).context("updating POD_SOURCES")?;
+        for (_, interface, _) in interfaces {
+            if let Err(e) = self.datapath.guard_sources(&interface) {
+                // Retried on the next tick; the pod can spoof until then.
+                tracing::error!(%interface, error = %format!("{e:#}"), "cannot attach the anti-spoofing guard");
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
     let identities = Arc::new(Identities::new(&options.identity).context("setting up workload identities")?);
@@ -184,6 +216,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let capture_map = datapath.capture_map()?;
     let strict_map = datapath.strict_map()?;
     let exempt_map = datapath.exempt_map()?;
+    let pod_sources_map = datapath.pod_sources_map()?;
     let orig_dst = datapath.orig_dst_map()?;
     let counters = datapath.counters()?;
     let mut events = datapath.event_reader()?;
@@ -200,6 +233,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let limit_counters = metrics.limit_counters();
     let mut observers: Vec<Arc<dyn FlowObserver>> = vec![metrics];
     observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
     let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
@@ -211,7 +245,13 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     });
 
     let mut node = Node {
-        engine: Engine::new(identities.clone(), sink, orig_dst, options.hbone_max_streams),
+        engine: Engine::new(
+            identities.clone(),
+            sink,
+            orig_dst,
+            options.hbone_max_streams,
+            Limiter::new(options.engine_limits, limit_counters),
+        ),
         options: options.clone(),
         inventory,
         enrolment: Enrolment::default(),
@@ -221,6 +261,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         capture_map,
         strict_map,
         exempt_map,
+        pod_sources_map,
         guards: HashMap::new(),
     };
 

@@ -229,6 +229,31 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
 
+    /// Inbound mTLS handshakes (:15008) in progress at once, all pods and peers together;
+    /// connections beyond it are reset before any TLS work (counted in
+    /// lockmesh_connections_limited_total{reason="handshakes"}).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+
+    /// Inbound mTLS handshakes in progress at once from one source address (a slowloris from one
+    /// pod cannot take the engine's whole handshake budget).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_source: u32,
+
+    /// Time an inbound peer has to finish the mTLS handshake and the HTTP/2 preface.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// An inbound HBONE connection without streams for this long is closed (longer than the
+    /// clients' own 60 s pool idle timeout, so that clients normally close first).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub hbone_idle_timeout: Duration,
+
+    /// Inbound tunnel streams one peer identity (SPIFFE ID) may have open at once, over all its
+    /// HBONE connections; more are answered 429 and recorded as denied flows.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_peer: u32,
+
     /// On SIGTERM, how long open tunneled connections may finish before the agent exits.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,

@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, StrictKey, capture, strict};
+use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, SourceKey, StrictKey, capture, strict};
 
 use crate::{
     enrolment::Enrolment,
@@ -80,6 +80,16 @@ pub fn kernel_state(
     desired
 }
 
+/// What `POD_SOURCES` must hold: each guarded pod's addresses (from its Workload, never from
+/// what the pod configured itself), by the index of its host-side interface.
+pub fn pod_sources<'a>(pods: impl IntoIterator<Item = (u32, &'a [Ipv4Addr])>) -> BTreeMap<SourceKey, u32> {
+    pods.into_iter()
+        .flat_map(|(ifindex, addresses)| {
+            addresses.iter().map(move |ip| (SourceKey { ifindex, ip4: u32::from(*ip).to_be() }, 1))
+        })
+        .collect()
+}
+
 /// Capture decisions of one client namespace towards one workload: a port-0 default from the
 /// workload's own mode, and exact ports wherever a Service port, a DestinationRule port or a
 /// port-level PeerAuthentication decides differently.
@@ -149,6 +159,16 @@ fn strict_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_sources_are_the_workload_addresses_per_interface() {
+        let first = [Ipv4Addr::new(10, 77, 1, 2), Ipv4Addr::new(10, 77, 1, 9)];
+        let second = [Ipv4Addr::new(10, 77, 1, 3)];
+        let sources = pod_sources([(7, &first[..]), (8, &second[..])]);
+        let keys: Vec<_> = sources.keys().map(|k| (k.ifindex, Ipv4Addr::from(u32::from_be(k.ip4)))).collect();
+        assert_eq!(keys, vec![(7, first[0]), (7, first[1]), (8, second[0])]);
+        assert!(pod_sources([(9, &[][..])]).is_empty(), "a pod without addresses may send nothing");
+    }
 
     #[test]
     fn classes_are_stable() {

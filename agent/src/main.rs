@@ -12,6 +12,7 @@ use lockmesh::{
     kernel::{self, DatapathOptions},
     kube::KubeOptions,
     policy::MeshParams,
+    proxy::limits::EngineLimits,
     source::SourceOptions,
 };
 use tracing_subscriber::EnvFilter;
@@ -101,6 +102,13 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         drain: args.drain,
         hbone_max_streams: args.hbone_max_streams,
+        engine_limits: EngineLimits {
+            max_handshakes: args.max_handshakes as usize,
+            max_handshakes_per_source: args.max_handshakes_per_source as usize,
+            handshake_timeout: args.handshake_timeout,
+            idle_timeout: args.hbone_idle_timeout,
+            max_streams_per_peer: args.max_streams_per_peer as usize,
+        },
         mesh: MeshParams { root_namespace: args.root_namespace, domain: args.cluster_domain },
         strict_exemptions: args.strict_exempt,
         datapath: DatapathOptions {

@@ -59,8 +59,25 @@ struct EvictedLabels {
     table: String,
 }
 
+/// `lockmesh_connections_limited_total{reason}`: what the engine refused or closed because a
+/// limit was reached (see `proxy::limits`). Cheap to clone; clones count into the same family.
+#[derive(Clone, Default)]
+pub struct LimitCounters(Family<ReasonLabels, Counter>);
+
+impl LimitCounters {
+    pub fn inc(&self, reason: &str) {
+        self.0.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, reason: &str) -> u64 {
+        self.0.get_or_create(&ReasonLabels { reason: reason.to_string() }).get()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    limited: LimitCounters,
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
@@ -70,6 +87,7 @@ pub struct Metrics {
     tracked: Gauge,
     evicted: Family<EvictedLabels, Counter>,
     kernel_drops: Counter,
+    spoof_drops: Counter,
     cert_expiry: Family<IdentityLabels, Gauge>,
     scrape: Mutex<()>,
 }
@@ -93,8 +111,10 @@ impl Metrics {
             tracked: Gauge::default(),
             evicted: Family::default(),
             kernel_drops: Counter::default(),
+            spoof_drops: Counter::default(),
             cert_expiry: Family::default(),
             scrape: Mutex::new(()),
+            limited: LimitCounters::default(),
             registry: Registry::default(),
         };
         // Counter names get `_total` from the encoder.
@@ -122,6 +142,16 @@ impl Metrics {
             "Kernel flow events lost because the ring buffer was full",
             metrics.kernel_drops.clone(),
         );
+        r.register(
+            "lockmesh_spoofed_packets_dropped",
+            "Packets an enrolled pod sent from an IPv4 address not its own (or VLAN-tagged), dropped in the kernel",
+            metrics.spoof_drops.clone(),
+        );
+        r.register(
+            "lockmesh_connections_limited",
+            "Connections, handshakes and streams the engine refused or closed at a limit, by reason",
+            metrics.limited.0.clone(),
+        );
         r.register("lockmesh_resets", "Connections reset or denied, by destination", metrics.resets.clone());
         r.register(
             "lockmesh_handshake_failures",
@@ -134,6 +164,11 @@ impl Metrics {
             metrics.cert_expiry.clone(),
         );
         Self { registry, ..metrics }
+    }
+
+    /// The engine's limit counters, registered here.
+    pub fn limit_counters(&self) -> LimitCounters {
+        self.limited.clone()
     }
 
     /// The Prometheus text exposition, with scrape-time values filled in.
@@ -154,6 +189,7 @@ impl Metrics {
             flows.evicted_closed,
         );
         catch_up(&self.kernel_drops, kernel.ring_buffer_drops);
+        catch_up(&self.spoof_drops, kernel.spoof_drops);
         self.cert_expiry.clear();
         for cert in certificates {
             self.cert_expiry
@@ -282,7 +318,7 @@ mod tests {
         denied.reason = Some("mTLS handshake: peer identity x is not the expected y (secure naming)".into());
         metrics.closed(&denied, false);
         let stats = FlowStats { open: 3, evicted_open: 2, ..Default::default() };
-        let kernel = CounterValues { ring_buffer_drops: 5, ..Default::default() };
+        let kernel = CounterValues { ring_buffer_drops: 5, spoof_drops: 4, ..Default::default() };
         let text = metrics.render(stats, kernel, &[]);
         let line = |prefix: &str| {
             let mut lines = text.lines().filter(|l| l.starts_with(prefix));
@@ -308,6 +344,10 @@ mod tests {
         assert!(line("istio_tcp_received_bytes_total").ends_with(" 101"));
         assert_eq!(line("lockmesh_flows_tracked"), "lockmesh_flows_tracked 3");
         assert_eq!(line("lockmesh_kernel_events_dropped_total"), "lockmesh_kernel_events_dropped_total 5");
+        assert_eq!(
+            line("lockmesh_spoofed_packets_dropped_total"),
+            "lockmesh_spoofed_packets_dropped_total 4"
+        );
         assert_eq!(
             line("lockmesh_flows_evicted_total{table=\"open\"}"),
             "lockmesh_flows_evicted_total{table=\"open\"} 2"

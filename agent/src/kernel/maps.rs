@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use lockmesh_common::{
-    CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, StrictKey, counter, maps as map_names,
+    CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, SourceKey, StrictKey, counter, maps as map_names,
 };
 
 /// A hash map the agent owns: `sync` makes it hold exactly the desired entries.
@@ -24,6 +24,8 @@ pub type CaptureMap = SyncedMap<CaptureKey, u32>;
 pub type StrictMap = SyncedMap<StrictKey, u32>;
 /// Sources exempt from STRICT (health probes).
 pub type ExemptMap = SyncedMap<ExemptKey, u32>;
+/// Addresses each enrolled pod may send from (anti-spoofing).
+pub type PodSourcesMap = SyncedMap<SourceKey, u32>;
 
 impl<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq> SyncedMap<K, V> {
     pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> anyhow::Result<Self> {
@@ -87,6 +89,7 @@ pub struct CounterValues {
     pub flows_closed: u64,
     pub captured: u64,
     pub strict_resets: u64,
+    pub spoof_drops: u64,
 }
 
 impl Counters {
@@ -105,6 +108,7 @@ impl Counters {
             flows_closed: sum(counter::FLOWS_CLOSED)?,
             captured: sum(counter::CAPTURED)?,
             strict_resets: sum(counter::STRICT_RESETS)?,
+            spoof_drops: sum(counter::SPOOF_DROPS)?,
         })
     }
 }

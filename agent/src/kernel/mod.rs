@@ -21,7 +21,8 @@ use aya::{
 pub use events::{EventReader, KernelEvent};
 use lockmesh_common::{maps as map_names, programs as prog_names};
 pub use maps::{
-    CaptureMap, CounterValues, Counters, EnrolledMap, ExemptMap, OrigDstMap, StrictMap, SyncedMap,
+    CaptureMap, CounterValues, Counters, EnrolledMap, ExemptMap, OrigDstMap, PodSourcesMap, StrictMap,
+    SyncedMap,
 };
 
 /// The eBPF object built from ebpf/lockmesh-ebpf by build.rs.
@@ -48,6 +49,8 @@ pub struct Datapath {
     programs: Vec<ProgramRef>,
     /// Host-side pod interfaces the STRICT program guards, and the pin of its link on each.
     guarded: std::collections::HashMap<String, PathBuf>,
+    /// Host-side pod interfaces the anti-spoofing program guards, and the pin of its link.
+    source_guarded: std::collections::HashMap<String, PathBuf>,
     /// Links a previous agent pinned, still to be replaced by ours (then released).
     inherited_guards: Vec<PathBuf>,
 }
@@ -139,6 +142,11 @@ impl Datapath {
             strict.load().context("verifying lockmesh_strict")?;
             programs.push(ProgramRef { name: prog_names::STRICT.to_string(), id: strict.info()?.id() });
         }
+        {
+            let antispoof: &mut SchedClassifier = program(&mut ebpf, prog_names::ANTISPOOF)?.try_into()?;
+            antispoof.load().context("verifying lockmesh_antispoof")?;
+            programs.push(ProgramRef { name: prog_names::ANTISPOOF.to_string(), id: antispoof.info()?.id() });
+        }
 
         for (name, prog_id, link) in links {
             let path = links_dir.join(format!("{name}-{prog_id}"));
@@ -166,6 +174,7 @@ impl Datapath {
             pin_dir: options.pin_dir.clone(),
             programs,
             guarded: Default::default(),
+            source_guarded: Default::default(),
             inherited_guards,
         })
     }
@@ -176,35 +185,68 @@ impl Datapath {
         if self.guarded.contains_key(interface) {
             return Ok(());
         }
-        // Needed on kernels without TCX; harmless where the qdisc exists or TCX is used.
-        let _ = tc::qdisc_add_clsact(interface);
-        let strict: &mut SchedClassifier = program(&mut self.ebpf, prog_names::STRICT)?.try_into()?;
-        let id = strict
-            .attach(interface, TcAttachType::Egress)
-            .with_context(|| format!("attaching lockmesh_strict to {interface}"))?;
-        let link =
-            FdLink::try_from(strict.take_link(id)?).context("the STRICT link is not an fd link (TCX)")?;
-        let prog_id = strict.info()?.id();
-        let ifindex =
-            nix::net::if_::if_nametoindex(interface).with_context(|| format!("no interface {interface}"))?;
-        let path = self.pin_dir.join(LINKS_DIR).join(format!("{GUARD_PREFIX}{ifindex}-{prog_id}"));
-        link.pin(&path).with_context(|| format!("pinning the STRICT link at {}", path.display()))?;
-        let prefix = format!("{GUARD_PREFIX}{ifindex}-");
-        self.inherited_guards.retain(|old| {
-            let same = old.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix));
-            if same {
-                release_link(old);
-            }
-            !same
-        });
+        let path =
+            self.attach_pinned_tc(prog_names::STRICT, interface, TcAttachType::Egress, GUARD_PREFIX)?;
         self.guarded.insert(interface.to_string(), path);
         tracing::debug!(%interface, "STRICT guard attached");
         Ok(())
     }
 
-    /// Removes the STRICT program from an interface (the pod left; the interface may be gone).
+    /// Puts the anti-spoofing program on the way out of a pod: TC ingress of its host-side
+    /// interface, checking sources against `POD_SOURCES` (fill it first: an interface without
+    /// entries drops all of its pod's IPv4). Pinned like the STRICT guard.
+    pub fn guard_sources(&mut self, interface: &str) -> anyhow::Result<()> {
+        if self.source_guarded.contains_key(interface) {
+            return Ok(());
+        }
+        let path =
+            self.attach_pinned_tc(prog_names::ANTISPOOF, interface, TcAttachType::Ingress, ANTISPOOF_PREFIX)?;
+        self.source_guarded.insert(interface.to_string(), path);
+        tracing::debug!(%interface, "anti-spoofing guard attached");
+        Ok(())
+    }
+
+    /// Attaches a TC program to an interface through a pinned link named
+    /// `<prefix><ifindex>-<program id>`, then releases a previous agent's link of the same kind
+    /// on the interface (ours is in first: no gap).
+    fn attach_pinned_tc(
+        &mut self,
+        name: &str,
+        interface: &str,
+        attach_type: TcAttachType,
+        prefix: &str,
+    ) -> anyhow::Result<PathBuf> {
+        // Needed on kernels without TCX; harmless where the qdisc exists or TCX is used.
+        let _ = tc::qdisc_add_clsact(interface);
+        let classifier: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
+        let id = classifier
+            .attach(interface, attach_type)
+            .with_context(|| format!("attaching {name} to {interface}"))?;
+        let link = FdLink::try_from(classifier.take_link(id)?)
+            .with_context(|| format!("the {name} link is not an fd link (TCX)"))?;
+        let prog_id = classifier.info()?.id();
+        let ifindex =
+            nix::net::if_::if_nametoindex(interface).with_context(|| format!("no interface {interface}"))?;
+        let path = self.pin_dir.join(LINKS_DIR).join(format!("{prefix}{ifindex}-{prog_id}"));
+        link.pin(&path).with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+        let same_kind = format!("{prefix}{ifindex}-");
+        self.inherited_guards.retain(|old| {
+            let same = old.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&same_kind));
+            if same {
+                release_link(old);
+            }
+            !same
+        });
+        Ok(path)
+    }
+
+    /// Removes the STRICT and anti-spoofing programs from an interface (the pod left; the
+    /// interface may be gone).
     pub fn unguard(&mut self, interface: &str) {
         if let Some(path) = self.guarded.remove(interface) {
+            release_link(&path);
+        }
+        if let Some(path) = self.source_guarded.remove(interface) {
             release_link(&path);
         }
     }
@@ -217,7 +259,7 @@ impl Datapath {
             let ifindex = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(GUARD_PREFIX))
+                .and_then(|n| GUARD_PREFIXES.iter().find_map(|prefix| n.strip_prefix(prefix)))
                 .and_then(|n| n.split_once('-'))
                 .and_then(|(index, _)| index.parse::<u32>().ok());
             let exists = ifindex.is_some_and(|index| nix::net::if_::if_indextoname(index).is_ok());
@@ -242,6 +284,10 @@ impl Datapath {
 
     pub fn exempt_map(&mut self) -> anyhow::Result<ExemptMap> {
         SyncedMap::take(&mut self.ebpf, map_names::STRICT_EXEMPT)
+    }
+
+    pub fn pod_sources_map(&mut self) -> anyhow::Result<PodSourcesMap> {
+        SyncedMap::take(&mut self.ebpf, map_names::POD_SOURCES)
     }
 
     pub fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
@@ -272,11 +318,16 @@ impl Datapath {
 }
 
 /// Subdirectory of the pin dir holding pinned links: `<program>-<id>` for the cgroup programs,
-/// `strict-<ifindex>-<id>` for the STRICT guards (bpffs refuses names with dots).
+/// `strict-<ifindex>-<id>` for the STRICT guards, `antispoof-<ifindex>-<id>` for the
+/// anti-spoofing guards (bpffs refuses names with dots).
 const LINKS_DIR: &str = "links";
-/// Version of the maps' layout (their key and value types); bump it when they change.
-const MAP_LAYOUT: u32 = 1;
+/// Version of the maps' layout (their key and value types, the counters); bump it when they
+/// change. 2: `POD_SOURCES` and the `SPOOF_DROPS` counter.
+const MAP_LAYOUT: u32 = 2;
 const GUARD_PREFIX: &str = "strict-";
+const ANTISPOOF_PREFIX: &str = "antispoof-";
+/// Links on pod interfaces: kept until this agent guards the interface again.
+const GUARD_PREFIXES: [&str; 2] = [GUARD_PREFIX, ANTISPOOF_PREFIX];
 
 fn pinned_links(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -285,7 +336,9 @@ fn pinned_links(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn is_guard_pin(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(GUARD_PREFIX))
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| GUARD_PREFIXES.iter().any(|prefix| n.starts_with(prefix)))
 }
 
 /// Unpins a link and drops it, which detaches it (unless something else holds it).

@@ -5,6 +5,7 @@
 mod copy;
 pub mod hbone;
 mod inbound;
+pub mod limits;
 mod outbound;
 
 use std::{
@@ -40,6 +41,8 @@ pub struct EngineContext {
     pub max_streams: u32,
     /// Round-robin position for Service endpoints.
     pub balancer: AtomicUsize,
+    /// Bounds on handshakes, idle connections and streams per peer.
+    pub limiter: Arc<limits::Limiter>,
 }
 
 /// One enrolled pod as the engine serves it.
@@ -123,7 +126,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(identities: Arc<Identities>, sink: FlowSink, orig_dst: OrigDstMap, max_streams: u32) -> Self {
+    pub fn new(
+        identities: Arc<Identities>,
+        sink: FlowSink,
+        orig_dst: OrigDstMap,
+        max_streams: u32,
+        limiter: Arc<limits::Limiter>,
+    ) -> Self {
         let pool = hbone::Pool::new(identities.clone(), max_streams);
         let ctx = EngineContext {
             identities,
@@ -132,6 +141,7 @@ impl Engine {
             pool,
             max_streams,
             balancer: AtomicUsize::new(0),
+            limiter,
         };
         Self { ctx: Arc::new(ctx), pods: HashMap::new() }
     }

@@ -17,6 +17,7 @@ pub mod maps {
     pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
     pub const STRICT: &str = "STRICT";
     pub const STRICT_EXEMPT: &str = "STRICT_EXEMPT";
+    pub const POD_SOURCES: &str = "POD_SOURCES";
     /// Every map, all pinned per node by the agent.
     pub const ALL: &[&str] = &[
         ENROLLED,
@@ -28,6 +29,7 @@ pub mod maps {
         ORIG_DST_BY_PORT,
         STRICT,
         STRICT_EXEMPT,
+        POD_SOURCES,
     ];
 }
 
@@ -53,6 +55,7 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "lockmesh_getpeername4";
     pub const GETSOCKNAME4: &str = "lockmesh_getsockname4";
     pub const STRICT: &str = "lockmesh_strict";
+    pub const ANTISPOOF: &str = "lockmesh_antispoof";
 }
 
 /// Value of the `ENROLLED` map, keyed by the network-namespace cookie of an enrolled pod.
@@ -114,6 +117,17 @@ pub struct ExemptKey {
     pub src_ip4: u32,
     pub port: u16,
     pub _pad: u16,
+}
+
+/// Key of the `POD_SOURCES` map: `ip4` is an address the pod behind host-side interface
+/// `ifindex` may send from. IPv4 packets the pod sends from any other address are dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourceKey {
+    /// Index of the pod's veth on the node side (where the anti-spoofing program runs).
+    pub ifindex: u32,
+    /// Network byte order.
+    pub ip4: u32,
 }
 
 /// A captured connection's original destination.
@@ -191,8 +205,10 @@ pub mod counter {
     pub const CAPTURED: u32 = 3;
     /// Plaintext SYNs to STRICT ports answered with a RST.
     pub const STRICT_RESETS: u32 = 4;
+    /// Packets an enrolled pod sent from an IPv4 address not its own (or VLAN-tagged), dropped.
+    pub const SPOOF_DROPS: u32 = 5;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
@@ -221,4 +237,6 @@ mod user {
     unsafe impl aya::Pod for super::StrictKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExemptKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceKey {}
 }

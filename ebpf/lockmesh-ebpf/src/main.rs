@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod antispoof;
 mod capture;
 mod maps;
 mod observer;

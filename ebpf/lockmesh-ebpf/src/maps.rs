@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, StrictKey, counter};
+use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, SourceKey, StrictKey, counter};
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
 #[map(name = "ENROLLED")]
@@ -40,6 +40,10 @@ pub static STRICT: HashMap<StrictKey, u32> = HashMap::with_max_entries(65_536, 0
 /// Sources allowed to reach STRICT ports in plaintext (health probes).
 #[map(name = "STRICT_EXEMPT")]
 pub static STRICT_EXEMPT: HashMap<ExemptKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Addresses each enrolled pod may send from, by its host-side interface (anti-spoofing).
+#[map(name = "POD_SOURCES")]
+pub static POD_SOURCES: HashMap<SourceKey, u32> = HashMap::with_max_entries(8192, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]
