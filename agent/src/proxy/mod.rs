@@ -201,7 +201,7 @@ impl Engine {
             connections: Connections::default(),
         });
         // Issue the pod's certificate now, not on its first connection.
-        self.ctx.identities.prepare(&proxy.identity)?;
+        self.ctx.identities.prepare(&proxy.identity).await?;
         let stop = CancellationToken::new();
         tokio::spawn(outbound::serve(self.ctx.clone(), proxy.clone(), outbound, stop.clone()));
         tokio::spawn(inbound::serve(self.ctx.clone(), proxy.clone(), inbound, stop.clone()));
