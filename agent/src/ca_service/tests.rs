@@ -261,7 +261,7 @@ fn csr(sans: &[&str], params: CertificateParams) -> String {
 }
 
 async fn refusal(client: &RemoteCa, csr: &str) -> (StatusCode, String) {
-    let error = client.sign_csr(csr, Duration::from_secs(600)).await.err().expect("must be refused");
+    let error = client.sign_csr(csr, Duration::from_secs(600)).await.expect_err("must be refused");
     let refused = error.downcast_ref::<Refused>().unwrap_or_else(|| panic!("not a refusal: {error:#}"));
     (refused.status, refused.message.clone())
 }
