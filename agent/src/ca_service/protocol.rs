@@ -12,8 +12,8 @@
 //! The CSR's only SAN is the SPIFFE ID asked for; `ttl_seconds` is optional and capped by the
 //! server. Answers: `200 {"cert_chain_pem": "<leaf, then the CA chain>"}`, or an error status
 //! with `{"error": "<why>"}`: 400 (bad request or CSR), 401 (token not authenticated for the
-//! audience), 403 (caller not an agent, or no pod on its node runs as the identity), 502 (the
-//! API server failed).
+//! audience), 403 (caller not an agent, or no pod on its node runs as the identity), 500 (signing
+//! failed), 502 (the API server failed).
 use serde::{Deserialize, Serialize};
 
 pub const SIGN_PATH: &str = "/v1/sign";

@@ -55,6 +55,8 @@ pub struct RemoteCa {
     url: String,
     host: String,
     port: u16,
+    /// `host:port` for the Host header.
+    authority: String,
     path: String,
     server_name: ServerName<'static>,
     tls: Arc<ClientConfig>,
@@ -78,6 +80,7 @@ impl RemoteCa {
         let server_name = ServerName::try_from(host.clone())
             .with_context(|| format!("--ca-url {url:?}: {host:?} is not a DNS name or IP address"))?;
         let port = uri.port_u16().unwrap_or(443);
+        let authority = uri.authority().map_or_else(|| host.clone(), |a| a.to_string());
         let path = format!("{}{SIGN_PATH}", uri.path().trim_end_matches('/'));
 
         let pem = std::fs::read(&options.root)
@@ -105,6 +108,7 @@ impl RemoteCa {
             url,
             host,
             port,
+            authority,
             path,
             server_name,
             tls: Arc::new(tls),
@@ -174,7 +178,7 @@ impl RemoteCa {
         // Drives the connection; ends with it.
         tokio::spawn(connection);
         let request = Request::post(self.path.as_str())
-            .header(header::HOST, format!("{}:{}", self.host, self.port))
+            .header(header::HOST, &self.authority)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
