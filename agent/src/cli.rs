@@ -31,6 +31,11 @@ Examples:
   # In a cluster (see deploy/): pods, Services and Istio policies from the API server:
   lockmesh agent --kube --node node1 --proc-root /host/proc --admin 0.0.0.0:15000
 
+  # The cluster's CA service, and agents asking it (no CA key on the nodes):
+  lockmesh ca serve --ca /etc/lockmesh/ca
+  lockmesh agent --kube --node node1 --ca-url https://lockmesh-ca.lockmesh-system.svc:15012 \
+    --ca-root /etc/lockmesh/root/root-cert.pem --ca-token /var/run/secrets/lockmesh/token
+
   # Remove everything a crashed agent of node1 left in the kernel:
   lockmesh agent --node node1 --cleanup";
 
@@ -115,6 +120,57 @@ pub enum CaCommand {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Run the cluster's CA service (deploy/base/ca.yaml): agents (`lockmesh agent --ca-url`)
+    /// POST a CSR to /v1/sign over HTTPS with their projected ServiceAccount token; it signs
+    /// only identities of pods scheduled on the caller's node (TokenReview, then the node's
+    /// pods), so that agents never hold the CA key.
+    Serve(Box<CaServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct CaServeArgs {
+    /// Address to listen on (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+
+    /// Plug-in CA in Istio's `cacerts` layout (e.g. the mounted `cacerts` Secret). Without it, a
+    /// self-signed root is created in --state-dir and reused (agents then need its
+    /// root-cert.pem).
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+
+    /// Directory for the self-signed root when no --ca is given.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lockmesh")]
+    pub state_dir: PathBuf,
+
+    /// SPIFFE trust domain: only identities in it are signed.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Longest lifetime of a workload certificate; longer requests get this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub max_cert_ttl: Duration,
+
+    /// DNS name or IP address of the service's own certificate (what agents put in --ca-url).
+    /// Repeatable.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_values = ["lockmesh-ca.lockmesh-system.svc", "lockmesh-ca.lockmesh-system.svc.cluster.local"]
+    )]
+    pub serving_name: Vec<String>,
+
+    /// Audience the agents' projected tokens must be issued for (checked by TokenReview).
+    #[arg(long, default_value = "lockmesh-ca")]
+    pub audience: String,
+
+    /// The only user allowed to ask for certificates: the agents' service account.
+    #[arg(long, value_name = "USER", default_value = "system:serviceaccount:lockmesh-system:lockmesh-agent")]
+    pub agent_user: String,
+
+    /// Kubeconfig [default: in-cluster service account, else $KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,8 +252,24 @@ pub struct AgentArgs {
     /// Plug-in CA in Istio's `cacerts` layout (the files of Istio's `cacerts` Secret:
     /// ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem). Nodes that must trust each
     /// other share it. Without it, a self-signed root is created in --state-dir and reused.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "ca_url")]
     pub ca: Option<PathBuf>,
+
+    /// Get workload certificates from the cluster's CA service (`lockmesh ca serve`) instead of
+    /// holding a CA key: e.g. https://lockmesh-ca.lockmesh-system.svc:15012. Needs --ca-root and
+    /// --ca-token. A pod is served once its certificate arrives (retried with backoff).
+    #[arg(long, value_name = "URL", requires_all = ["ca_root", "ca_token"])]
+    pub ca_url: Option<String>,
+
+    /// The mesh's root certificate(s), PEM (root-cert.pem): trusted for the CA service's TLS
+    /// and for peers.
+    #[arg(long, value_name = "FILE", requires = "ca_url")]
+    pub ca_root: Option<PathBuf>,
+
+    /// The agent's projected ServiceAccount token for the CA service (audience lockmesh-ca);
+    /// re-read for every request, as the kubelet rotates it.
+    #[arg(long, value_name = "FILE", requires = "ca_url")]
+    pub ca_token: Option<PathBuf>,
 
     /// Directory for the agent's own state (the self-signed root when no --ca is given).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lockmesh")]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod ca_service;
 pub mod check;
 pub mod cli;
 pub mod cmd;

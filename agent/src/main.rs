@@ -5,10 +5,11 @@ use clap::Parser as _;
 use lockmesh::{
     agent::{self, AgentOptions},
     audit::AuditOptions,
-    cli::{AgentArgs, AuditCommand, CaCommand, Cli, Command, LogFormat},
+    ca_service::{self, CaServiceOptions},
+    cli::{AgentArgs, AuditCommand, CaCommand, CaServeArgs, Cli, Command, LogFormat},
     cmd,
     flows::FlowLimits,
-    identity::{self, IdentityOptions},
+    identity::{self, IdentityOptions, remote::RemoteCaOptions},
     kernel::{self, DatapathOptions},
     kube::KubeOptions,
     policy::MeshParams,
@@ -55,7 +56,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("CA created in {} (Istio cacerts layout); pass it to agents with --ca", dir.display());
             Ok(())
         }
+        Command::Ca(CaCommand::Serve(args)) => run_ca_service(*args).await,
     }
+}
+
+async fn run_ca_service(args: CaServeArgs) -> anyhow::Result<()> {
+    let client = lockmesh::kube::client(args.kubeconfig.as_deref()).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let options = CaServiceOptions {
+        trust_domain: args.trust_domain,
+        ca_dir: args.ca,
+        state_dir: args.state_dir,
+        max_cert_ttl: args.max_cert_ttl,
+        serving_names: args.serving_name,
+        audience: args.audience,
+        agent_user: args.agent_user,
+    };
+    ca_service::serve(listener, &options, client).await
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -78,6 +97,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => cgroup2_root()?,
     };
+    let remote_ca = match (args.ca_url, args.ca_root, args.ca_token) {
+        (Some(url), Some(root), Some(token)) => Some(RemoteCaOptions { url, root, token }),
+        (None, None, None) => None,
+        _ => bail!("--ca-url, --ca-root and --ca-token go together"),
+    };
     let audit = args.audit_log.map(|path| AuditOptions {
         path,
         max_bytes: args.audit_max_bytes,
@@ -95,6 +119,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         identity: IdentityOptions {
             trust_domain: args.trust_domain.clone(),
             ca_dir: args.ca,
+            remote_ca,
             state_dir: args.state_dir,
             cert_ttl: args.cert_ttl,
             post_quantum: args.post_quantum,

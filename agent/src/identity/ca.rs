@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use time::OffsetDateTime;
@@ -37,6 +37,13 @@ pub struct Ca {
     pub roots: Vec<CertificateDer<'static>>,
     /// Where the CA came from, for logs.
     pub source: String,
+}
+
+/// A certificate signed for someone else's key: the leaf, then the CA chain.
+pub struct SignedChain {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub serial: String,
+    pub not_after: OffsetDateTime,
 }
 
 /// A freshly signed workload certificate and its key.
@@ -99,31 +106,87 @@ impl Ca {
         Ok(ca)
     }
 
+    /// The plug-in CA in `ca_dir`, else the self-signed root kept in `state_dir/ca`.
+    pub fn load(ca_dir: Option<&Path>, state_dir: &Path, trust_domain: &str) -> anyhow::Result<Self> {
+        match ca_dir {
+            Some(dir) => Self::load_plugin(dir),
+            None => Self::load_or_create_self_signed(&state_dir.join("ca"), trust_domain),
+        }
+    }
+
     /// Signs a certificate for `spiffe_id` valid for `ttl`: a fresh ECDSA P-256 key, the SPIFFE
     /// ID as its only (URI) SAN, usable for TLS server and client authentication.
-    pub fn issue(&self, spiffe_id: &str, ttl: Duration, serial: [u8; 16]) -> anyhow::Result<SignedLeaf> {
+    pub fn issue(&self, spiffe_id: &str, ttl: Duration) -> anyhow::Result<SignedLeaf> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a leaf key")?;
+        let signed = self.sign_workload(&key, spiffe_id, ttl)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("leaf key encoding: {e}"))?;
+        Ok(SignedLeaf { chain: signed.chain, key, serial: signed.serial, not_after: signed.not_after })
+    }
+
+    /// Signs a workload certificate for `spiffe_id` over `public_key` (the key of a CSR whose
+    /// holder was authorized for that identity). Only the public key is taken from the request:
+    /// SAN, lifetime and usages are ours.
+    pub fn sign_workload(
+        &self,
+        public_key: &impl PublicKeyData,
+        spiffe_id: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<SignedChain> {
+        let san = SanType::URI(spiffe_id.try_into().with_context(|| format!("{spiffe_id:?} as a URI SAN"))?);
+        self.sign(
+            public_key,
+            vec![san],
+            ttl,
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
+        .with_context(|| format!("signing {spiffe_id}"))
+    }
+
+    /// Signs a TLS server certificate for DNS names and IP addresses (the CA service's own).
+    pub fn sign_server(
+        &self,
+        public_key: &impl PublicKeyData,
+        names: &[String],
+        ttl: Duration,
+    ) -> anyhow::Result<SignedChain> {
+        let sans = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => name.as_str().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{names:?} as DNS names or IP addresses"))?;
+        self.sign(public_key, sans, ttl, &[ExtendedKeyUsagePurpose::ServerAuth])
+            .with_context(|| format!("signing a server certificate for {names:?}"))
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl PublicKeyData,
+        sans: Vec<SanType>,
+        ttl: Duration,
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> anyhow::Result<SignedChain> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names =
-            vec![SanType::URI(spiffe_id.try_into().with_context(|| format!("{spiffe_id:?} as a URI SAN"))?)];
+        params.subject_alt_names = sans;
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + ttl;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages.to_vec();
         // A positive 128-bit serial (top bit clear keeps the DER integer positive).
-        let mut serial = serial;
+        let mut serial = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut serial).map_err(|_| anyhow::anyhow!("no randomness for a serial"))?;
         serial[0] &= 0x7f;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let cert = params.signed_by(&key, &self.issuer).with_context(|| format!("signing {spiffe_id}"))?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.chain.iter().cloned());
-        let key = PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| anyhow::anyhow!("leaf key encoding: {e}"))?;
-        Ok(SignedLeaf { chain, key, serial: hex(&serial), not_after: params.not_after })
+        Ok(SignedChain { chain, serial: hex(&serial), not_after: params.not_after })
     }
 }
 
@@ -169,7 +232,7 @@ fn ca_params(trust_domain: &str, name: &str, path_len: u8) -> CertificateParams 
     params
 }
 
-fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(super) fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: bad PEM certificate", path.display()))

@@ -1,7 +1,10 @@
-//! Workload identities: SPIFFE certificates signed by the node's CA, renewed at half-life, and
-//! the rustls configurations of both tunnel ends (TLS 1.3 only, AES-GCM, ALPN `h2`, no SNI, no
-//! resumption: what Istio ambient's ztunnel does and expects).
+//! Workload identities: SPIFFE certificates signed by the node's CA key or by the cluster's CA
+//! service, renewed at half-life, and the rustls configurations of both tunnel ends (TLS 1.3
+//! only, AES-GCM, ALPN `h2`, no SNI, no resumption: what Istio ambient's ztunnel does and
+//! expects).
 pub mod ca;
+mod issuer;
+pub mod remote;
 pub mod spiffe;
 pub(crate) mod verify;
 
@@ -9,7 +12,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -27,7 +30,8 @@ use x509_parser::prelude::FromDer as _;
 
 pub use self::verify::{PeerCertError, spiffe_id_of};
 use self::{
-    ca::Ca,
+    issuer::Issuer,
+    remote::RemoteCaOptions,
     verify::{ClientIdentityVerifier, ServerIdentityVerifier, Trust},
 };
 use crate::flows::TlsInfo;
@@ -37,6 +41,8 @@ pub struct IdentityOptions {
     pub trust_domain: String,
     /// A plug-in CA in Istio's `cacerts` layout; without one, a self-signed root in `state_dir`.
     pub ca_dir: Option<PathBuf>,
+    /// The cluster's CA service signs instead of a local CA key (then `ca_dir` is unused).
+    pub remote_ca: Option<RemoteCaOptions>,
     pub state_dir: PathBuf,
     /// Lifetime of workload certificates; they are renewed at about half of it.
     pub cert_ttl: Duration,
@@ -90,46 +96,93 @@ pub struct CertificateStatus {
     pub renew_at: OffsetDateTime,
 }
 
+/// Failed issuances of an identity, so that a pod waiting for its certificate does not hammer
+/// an unreachable or refusing CA.
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+    error: String,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 pub struct Identities {
     options: IdentityOptions,
-    ca: Ca,
+    issuer: Issuer,
     provider: Arc<CryptoProvider>,
     trust: Arc<Trust>,
     leaves: Mutex<HashMap<String, Arc<LeafSlot>>>,
+    backoff: Mutex<HashMap<String, Backoff>>,
     server_configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
     client_configs: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
 }
 
 impl Identities {
     pub fn new(options: &IdentityOptions) -> anyhow::Result<Self> {
-        let ca = match &options.ca_dir {
-            Some(dir) => Ca::load_plugin(dir)?,
-            None => Ca::load_or_create_self_signed(&options.state_dir.join("ca"), &options.trust_domain)?,
-        };
-        tracing::info!(ca = %ca.source, ttl = ?options.cert_ttl, "workload identities ready");
         let provider = Arc::new(provider(options.post_quantum));
+        let issuer = Issuer::new(options, &provider)?;
+        tracing::info!(ca = %issuer.source(), ttl = ?options.cert_ttl, "workload identities ready");
         let trust = Arc::new(Trust::new(
-            &ca.roots,
+            issuer.roots(),
             &options.trust_domain,
             provider.signature_verification_algorithms,
         )?);
         Ok(Self {
             options: options.clone(),
-            ca,
+            issuer,
             provider,
             trust,
             leaves: Mutex::default(),
+            backoff: Mutex::default(),
             server_configs: Mutex::default(),
             client_configs: Mutex::default(),
         })
     }
 
-    /// Makes sure `identity` has a certificate, issuing one now if needed.
-    pub fn prepare(&self, identity: &str) -> anyhow::Result<()> {
-        self.slot(identity).map(drop)
+    /// Makes sure `identity` has a certificate, issuing one now if needed. After a failure,
+    /// fails fast (naming the last error) until the next attempt is due: 1 s, doubling, ≤ 60 s.
+    pub async fn prepare(&self, identity: &str) -> anyhow::Result<()> {
+        if self.prepared(identity).is_some() {
+            return Ok(());
+        }
+        let waiting = self.backoff.lock().ok().and_then(|m| {
+            let backoff = m.get(identity)?;
+            let wait = backoff.retry_at.saturating_duration_since(Instant::now());
+            (!wait.is_zero()).then(|| (wait, backoff.error.clone()))
+        });
+        if let Some((wait, error)) = waiting {
+            anyhow::bail!(
+                "no certificate for {identity} yet: {error} (next attempt in {}s)",
+                wait.as_secs() + 1
+            );
+        }
+        let leaf = match self.issue(identity).await {
+            Ok(leaf) => leaf,
+            Err(e) => {
+                if let Ok(mut map) = self.backoff.lock() {
+                    let failures = map.get(identity).map_or(0, |b| b.failures) + 1;
+                    let delay = BACKOFF_FIRST.saturating_mul(1 << (failures - 1).min(16)).min(BACKOFF_MAX);
+                    let error = format!("{e:#}");
+                    map.insert(
+                        identity.to_string(),
+                        Backoff { failures, retry_at: Instant::now() + delay, error },
+                    );
+                }
+                return Err(e);
+            }
+        };
+        if let Ok(mut map) = self.backoff.lock() {
+            map.remove(identity);
+        }
+        tracing::info!(%identity, serial = %leaf.serial, not_after = %leaf.not_after, "certificate issued");
+        let slot = Arc::new(LeafSlot(ArcSwap::from_pointee(leaf)));
+        let mut map = self.leaves.lock().map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
+        map.entry(identity.to_string()).or_insert(slot);
+        Ok(())
     }
 
-    /// The server side of tunnels to workloads running as `identity`.
+    /// The server side of tunnels to workloads running as `identity` (prepared before).
     pub fn server_config(&self, identity: &str) -> anyhow::Result<Arc<ServerConfig>> {
         if let Some(config) = self.server_configs.lock().ok().and_then(|m| m.get(identity).cloned()) {
             return Ok(config);
@@ -151,7 +204,8 @@ impl Identities {
         Ok(config)
     }
 
-    /// The client side of a tunnel from `src` that only accepts a server proving `dst`.
+    /// The client side of a tunnel from `src` (prepared before) that only accepts a server
+    /// proving `dst`.
     pub fn client_config(&self, src: &str, dst: &str) -> anyhow::Result<Arc<ClientConfig>> {
         let key = (src.to_string(), dst.to_string());
         if let Some(config) = self.client_configs.lock().ok().and_then(|m| m.get(&key).cloned()) {
@@ -210,7 +264,7 @@ impl Identities {
                 Err(_) => continue,
             };
             for (identity, slot) in due {
-                match self.issue(&identity) {
+                match self.issue(&identity).await {
                     Ok(leaf) => {
                         tracing::info!(%identity, serial = %leaf.serial, not_after = %leaf.not_after, "certificate renewed");
                         slot.0.store(Arc::new(leaf));
@@ -224,39 +278,35 @@ impl Identities {
         }
     }
 
-    fn slot(&self, identity: &str) -> anyhow::Result<Arc<LeafSlot>> {
-        if let Some(slot) = self.leaves.lock().ok().and_then(|m| m.get(identity).cloned()) {
-            return Ok(slot);
-        }
-        let leaf = self.issue(identity)?;
-        tracing::info!(%identity, serial = %leaf.serial, not_after = %leaf.not_after, "certificate issued");
-        let slot = Arc::new(LeafSlot(ArcSwap::from_pointee(leaf)));
-        let mut map = self.leaves.lock().map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
-        Ok(map.entry(identity.to_string()).or_insert(slot).clone())
+    fn prepared(&self, identity: &str) -> Option<Arc<LeafSlot>> {
+        self.leaves.lock().ok().and_then(|m| m.get(identity).cloned())
     }
 
-    fn issue(&self, identity: &str) -> anyhow::Result<Leaf> {
+    fn slot(&self, identity: &str) -> anyhow::Result<Arc<LeafSlot>> {
+        self.prepared(identity).ok_or_else(|| anyhow::anyhow!("no certificate for {identity} yet"))
+    }
+
+    async fn issue(&self, identity: &str) -> anyhow::Result<Leaf> {
         let spiffe = spiffe::SpiffeId::parse(identity)?;
         anyhow::ensure!(
             spiffe.trust_domain == self.options.trust_domain,
             "{identity} is outside trust domain {}",
             self.options.trust_domain
         );
-        let mut random = [0u8; 18];
-        self.provider.secure_random.fill(&mut random).map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let mut serial = [0u8; 16];
-        serial.copy_from_slice(&random[..16]);
-        let ttl = self.options.cert_ttl;
-        let signed = self.ca.issue(identity, ttl, serial)?;
+        let signed = self.issuer.issue(identity, self.options.cert_ttl).await?;
         let key = self
             .provider
             .key_provider
             .load_private_key(signed.key)
             .map_err(|e| anyhow::anyhow!("loading the leaf key: {e}"))?;
-        // Renew at half-life, ±10% so that a node's certificates do not all renew at once.
-        let jitter = i16::from_le_bytes([random[16], random[17]]) as f64 / i16::MAX as f64;
-        let renew_after = ttl.as_secs_f64() * (0.5 + 0.1 * jitter);
-        let renew_at = OffsetDateTime::now_utc() + time::Duration::seconds_f64(renew_after);
+        // Renew at half of the lifetime granted (a CA service may cap it), ±10% so that a
+        // node's certificates do not all renew at once.
+        let mut random = [0u8; 2];
+        self.provider.secure_random.fill(&mut random).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        let jitter = i16::from_le_bytes(random) as f64 / i16::MAX as f64;
+        let now = OffsetDateTime::now_utc();
+        let lifetime = (signed.not_after - now).max(time::Duration::ZERO);
+        let renew_at = now + lifetime * (0.5 + 0.1 * jitter);
         Ok(Leaf {
             certified: Arc::new(CertifiedKey::new(signed.chain, key)),
             serial: signed.serial,
@@ -268,7 +318,7 @@ impl Identities {
 
 /// aws-lc-rs restricted to TLS 1.3's AES-GCM suites (hardware-accelerated, what ztunnel
 /// offers) and X25519 then P-256, with the post-quantum hybrid first when asked for.
-fn provider(post_quantum: bool) -> CryptoProvider {
+pub(crate) fn provider(post_quantum: bool) -> CryptoProvider {
     use aws_lc_rs::{cipher_suite, kx_group};
     let mut provider = aws_lc_rs::default_provider();
     provider.cipher_suites =
@@ -350,4 +400,4 @@ pub fn handshake_reason(error: &std::io::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,6 +14,7 @@ fn identities(ca: Option<&Path>, state: &Path, trust_domain: &str, ttl: Duration
     let options = IdentityOptions {
         trust_domain: trust_domain.into(),
         ca_dir: ca.map(Path::to_path_buf),
+        remote_ca: None,
         state_dir: state.to_path_buf(),
         cert_ttl: ttl,
         post_quantum: false,
@@ -28,13 +29,15 @@ fn plugin_ca(dir: &Path) -> Arc<Identities> {
 
 /// One handshake: `client` as `src` expecting `expected`, `server` serving `dst`.
 /// Returns (client result, server result) as peer infos or reasons.
-async fn handshake(
+pub(crate) async fn handshake(
     client: &Identities,
     src: &str,
     expected: &str,
     server: &Identities,
     dst: &str,
 ) -> (Result<PeerInfo, String>, Result<PeerInfo, String>) {
+    client.prepare(src).await.unwrap();
+    server.prepare(dst).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(server.server_config(dst).unwrap());
@@ -114,7 +117,7 @@ async fn another_trust_domain_is_refused_even_from_the_same_ca() {
     let reason = client.err().unwrap();
     assert!(reason.contains("outside trust domain"), "{reason}");
     assert!(server.is_err());
-    assert!(ours.prepare(foreign).is_err(), "a node must not issue outside its trust domain");
+    assert!(ours.prepare(foreign).await.is_err(), "a node must not issue outside its trust domain");
 }
 
 #[tokio::test]
@@ -156,6 +159,7 @@ fn broken_plugin_ca_names_the_file() {
     let options = IdentityOptions {
         trust_domain: "cluster.local".into(),
         ca_dir: Some(dir.path().into()),
+        remote_ca: None,
         state_dir: dir.path().into(),
         cert_ttl: Duration::from_secs(60),
         post_quantum: false,
@@ -170,7 +174,7 @@ async fn certificates_renew_at_half_life_and_new_handshakes_use_them() {
     let dir = tempfile::tempdir().unwrap();
     ca::init(dir.path(), "cluster.local").unwrap();
     let ids = identities(Some(dir.path()), dir.path(), "cluster.local", Duration::from_secs(2));
-    ids.prepare(DETAILS).unwrap();
+    ids.prepare(DETAILS).await.unwrap();
     let before = ids.certificates()[0].clone();
     let renewer = tokio::spawn(ids.clone().renew_forever());
     tokio::time::sleep(Duration::from_millis(1800)).await;
@@ -189,7 +193,7 @@ fn a_leaf_alone_signed_by_the_root_verifies() {
     let state = tempfile::tempdir().unwrap();
     let ids = identities(None, state.path(), "cluster.local", Duration::from_secs(3600));
     let ca = ca::Ca::load_or_create_self_signed(&state.path().join("ca"), "cluster.local").unwrap();
-    let leaf = ca.issue(PP, Duration::from_secs(60), [7; 16]).unwrap();
+    let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
     let now = rustls::pki_types::UnixTime::now();
     let id = ids.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).unwrap();
     assert_eq!(id.to_string(), PP);
@@ -197,7 +201,7 @@ fn a_leaf_alone_signed_by_the_root_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = plugin_ca(dir.path());
     let ca = ca::Ca::load_plugin(dir.path()).unwrap();
-    let leaf = ca.issue(PP, Duration::from_secs(60), [7; 16]).unwrap();
+    let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
     assert!(plugin.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).is_err());
     assert!(
         plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, webpki::KeyUsage::client_auth()).is_ok()

@@ -10,7 +10,7 @@ use clap::Parser as _;
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{CaCommand, Cli, Command};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -62,12 +62,17 @@ fn render(dir: &Path, used: &mut BTreeSet<PathBuf>) -> Vec<Value> {
     objects
 }
 
-/// A strategic merge patch as far as maps go (the patches here replace no lists).
+/// A strategic merge patch as far as maps go (the patches here replace no lists; `null`
+/// deletes a key).
 fn merge(target: &mut Value, patch: Value) {
     match (target, patch) {
         (Value::Mapping(t), Value::Mapping(p)) => {
             for (k, v) in p {
-                merge(t.entry(k).or_insert(Value::Null), v);
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
             }
         }
         (t, p) => *t = p,
@@ -132,7 +137,6 @@ fn check_base(objects: &[Value]) {
     ]
     .into_iter()
     .map(|(g, r)| (g.to_string(), r.to_string(), get_list_watch.clone()))
-    .chain([("authentication.k8s.io".into(), "tokenreviews".into(), vec!["create".into()])])
     .collect();
     assert_eq!(rules(find(objects, "ClusterRole", "lockmesh-agent")), expected);
     let binding = find(objects, "ClusterRoleBinding", "lockmesh-agent");
@@ -164,7 +168,7 @@ fn check_base(objects: &[Value]) {
     assert!(parsed.kube && parsed.config.is_none());
     assert_eq!(parsed.node, "node1");
     assert_eq!(parsed.admin.to_string(), "0.0.0.0:15000");
-    assert_eq!(parsed.ca.as_deref(), Some(Path::new("/etc/lockmesh/ca")));
+    assert_eq!(parsed.ca, None, "agents hold no CA key");
     assert_eq!(parsed.bpffs_dir.as_deref(), Some(Path::new("/sys/fs/bpf/lockmesh")));
     assert_eq!(parsed.proc_root, Path::new("/host/proc"));
 
@@ -199,22 +203,96 @@ fn check_base(objects: &[Value]) {
     .map(|(a, b, c)| (a.into(), b.into(), c.into()))
     .collect();
     assert_eq!(host_mounts, expected);
-    let cacerts = volumes.iter().find(|v| v["name"] == "cacerts").unwrap();
-    assert_eq!(cacerts["secret"]["secretName"], "cacerts");
-    assert_eq!(cacerts["secret"]["optional"], Value::Bool(true));
-    assert_eq!(mount("cacerts")["mountPath"], "/etc/lockmesh/ca");
+    // The CA service's root (a ConfigMap) and the agent's token for it, where the args say.
+    let mounted_file =
+        |volume: &str, file: &str| format!("{}/{file}", mount(volume)["mountPath"].as_str().unwrap());
+    let root = volumes.iter().find(|v| v["name"] == "ca-root").unwrap();
+    assert_eq!(root["configMap"]["name"], "lockmesh-ca-root");
+    assert_eq!(parsed.ca_root.as_deref(), Some(Path::new(&mounted_file("ca-root", "root-cert.pem"))));
+    let token = volumes.iter().find(|v| v["name"] == "ca-token").unwrap();
+    let token = &token["projected"]["sources"][0]["serviceAccountToken"];
+    let path = token["path"].as_str().unwrap();
+    assert_eq!(parsed.ca_token.as_deref(), Some(Path::new(&mounted_file("ca-token", path))));
+    assert!(token["expirationSeconds"].as_u64().unwrap() <= 3600, "a short-lived token");
+    check_ca(objects, parsed.ca_url.as_deref().unwrap(), token["audience"].as_str().unwrap());
 
-    let service = objects.iter().find(|o| o["kind"] == "Service").unwrap();
+    let service = find(objects, "Service", "lockmesh-agent-metrics");
     assert_eq!(service["spec"]["ports"][0]["port"], 15000);
     assert_eq!(service["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
+}
+
+/// The CA service: the only holder of the `cacerts` Secret, reachable at the agents' --ca-url,
+/// checking the audience and service account the agents' tokens have.
+fn check_ca(objects: &[Value], agent_ca_url: &str, agent_audience: &str) {
+    find(objects, "ServiceAccount", "lockmesh-ca");
+    let get_list = vec!["get".to_string(), "list".into()];
+    let expected: BTreeSet<_> = [
+        ("authentication.k8s.io".to_string(), "tokenreviews".to_string(), vec!["create".to_string()]),
+        ("".into(), "pods".into(), get_list),
+    ]
+    .into();
+    assert_eq!(rules(find(objects, "ClusterRole", "lockmesh-ca")), expected);
+    let binding = find(objects, "ClusterRoleBinding", "lockmesh-ca");
+    assert_eq!(
+        (&binding["roleRef"]["name"], &binding["subjects"][0]["name"]),
+        (&"lockmesh-ca".into(), &"lockmesh-ca".into())
+    );
+
+    let deployment = find(objects, "Deployment", "lockmesh-ca");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "lockmesh-ca");
+    let container = &pod["containers"][0];
+    let argv = std::iter::once("lockmesh".to_string()).chain(strings(&container["args"]));
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("CA Deployment args: {e}"));
+    let Command::Ca(CaCommand::Serve(serve)) = cli.command else { panic!("not `ca serve`") };
+    let url: http::Uri = agent_ca_url.parse().unwrap();
+    assert!(
+        serve.serving_name.iter().any(|n| Some(n.as_str()) == url.host()),
+        "{url} not in {:?}",
+        serve.serving_name
+    );
+    assert_eq!(Some(serve.listen.port()), url.port_u16());
+    assert_eq!(serve.audience, agent_audience);
+    let namespace = find(objects, "DaemonSet", "lockmesh-agent")["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(serve.agent_user, format!("system:serviceaccount:{namespace}:lockmesh-agent"));
+    let service = find(objects, "Service", "lockmesh-ca");
+    assert_eq!(format!("lockmesh-ca.{namespace}.svc"), url.host().unwrap());
+    assert_eq!(service["spec"]["ports"][0]["port"], 15012);
+    assert_eq!(service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"]);
+    assert_eq!(deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"], "lockmesh-ca");
+
+    let mount =
+        container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == "cacerts").unwrap();
+    assert_eq!(serve.ca.as_deref(), Some(Path::new(mount["mountPath"].as_str().unwrap())));
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    // Only the CA's pods mount the CA Secret.
+    let holders: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["spec"]["template"]["spec"]["volumes"]
+                .as_sequence()
+                .is_some_and(|volumes| volumes.iter().any(|v| v["secret"]["secretName"] == "cacerts"))
+        })
+        .map(|o| &o["metadata"]["name"])
+        .collect();
+    assert_eq!(holders, [&Value::from("lockmesh-ca")]);
 }
 
 #[test]
 fn base_renders_and_holds_what_the_agent_needs() {
     let objects = render(&deploy_dir().join("base"), &mut BTreeSet::new());
     let kinds: BTreeSet<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
-    let expected =
-        ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "Service", "ServiceAccount"];
+    let expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Deployment",
+        "Namespace",
+        "Service",
+        "ServiceAccount",
+    ];
     assert_eq!(kinds, expected.into_iter().collect());
     check_base(&objects);
 }
@@ -247,6 +325,10 @@ fn openshift_overlay_adds_an_scc_matching_the_pod() {
     let template = &find(&objects, "DaemonSet", "lockmesh-agent")["spec"]["template"];
     assert_eq!(template["metadata"]["annotations"]["openshift.io/required-scc"], "lockmesh-agent");
     assert_eq!(template["spec"]["securityContext"]["seLinuxOptions"]["type"], "spc_t");
+    // restricted-v2 picks the CA pod's UID and fsGroup.
+    let ca = &find(&objects, "Deployment", "lockmesh-ca")["spec"]["template"]["spec"]["securityContext"];
+    assert!(ca["runAsUser"].is_null() && ca["fsGroup"].is_null(), "{ca:?}");
+    assert_eq!(ca["runAsNonRoot"], Value::Bool(true));
 }
 
 #[test]

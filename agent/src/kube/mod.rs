@@ -86,19 +86,24 @@ const DESTINATION_RULE: IstioKind = IstioKind {
     plural: "destinationrules",
 };
 
+/// A client of the API server: `kubeconfig`, else in-cluster, else $KUBECONFIG or ~/.kube/config.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).context("reading the kubeconfig")?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => {
+            kube::Config::infer().await.context("finding the Kubernetes API (in-cluster or kubeconfig)")?
+        }
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
 impl KubeSource {
     /// Connects to the API server and starts the watches.
     pub async fn start(options: &KubeOptions, root_namespace: &str) -> anyhow::Result<Self> {
-        let config = match &options.kubeconfig {
-            Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path).context("reading the kubeconfig")?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("finding the Kubernetes API (in-cluster or kubeconfig)")?,
-        };
-        let client = Client::try_from(config).context("creating the Kubernetes client")?;
+        let client = client(options.kubeconfig.as_deref()).await?;
         Ok(Self::with_client(client, options, root_namespace).await)
     }
 

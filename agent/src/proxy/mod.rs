@@ -198,20 +198,22 @@ impl Engine {
 
     async fn start(&self, pod: &EnrolledWorkload, trust_domain: &str) -> anyhow::Result<Running> {
         let ip = pod.workload.primary_address().ok_or_else(|| anyhow::anyhow!("workload has no address"))?;
+        let identity: Arc<str> = pod.workload.identity(trust_domain).into();
+        // The pod's certificate first (it may have to wait for the CA service), not on its first
+        // connection.
+        self.ctx.identities.prepare(&identity).await?;
         let sockets = PodSockets::new(pod.netns.clone());
         podnet::prepare(&pod.netns).await?;
         let outbound = sockets.listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), engine::OUTBOUND_PORT))?;
         let inbound = sockets.listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), engine::HBONE_PORT))?;
         let proxy = Arc::new(PodProxy {
             workload: pod.workload.clone(),
-            identity: pod.workload.identity(trust_domain).into(),
+            identity,
             ip,
             netns_cookie: pod.netns.cookie(),
             sockets,
             connections: Connections::default(),
         });
-        // Issue the pod's certificate now, not on its first connection.
-        self.ctx.identities.prepare(&proxy.identity)?;
         let stop = CancellationToken::new();
         tokio::spawn(outbound::serve(self.ctx.clone(), proxy.clone(), outbound, stop.clone()));
         tokio::spawn(inbound::serve(self.ctx.clone(), proxy.clone(), inbound, stop.clone()));
