@@ -13,6 +13,11 @@ const ROW_GAP: f64 = 22.0;
 /// Room between columns for edge labels.
 const COL_GAP: f64 = 230.0;
 const PAD: f64 = 16.0;
+/// Room above and below the nodes of a namespace for edges bent around other nodes.
+const BEND_ROOM: f64 = 56.0;
+/// Vertical offsets of an edge's control points tried, in order, until it passes no node and no
+/// label placed before it.
+const BENDS: [f64; 5] = [0.0, -60.0, 60.0, -110.0, 110.0];
 const TITLE_H: f64 = 24.0;
 const MARGIN: f64 = 20.0;
 const HEADER_H: f64 = 34.0;
@@ -113,13 +118,13 @@ fn layout(graph: &Graph) -> Layout<'_> {
         let rows = columns.iter().map(|(_, c)| c.len()).max().unwrap_or(1) as f64;
         let cols = columns.len() as f64;
         let width = cols * NODE_W + (cols - 1.0) * COL_GAP + 2.0 * PAD;
-        let height = TITLE_H + rows * NODE_H + (rows - 1.0) * ROW_GAP + 2.0 * PAD;
+        let height = TITLE_H + rows * NODE_H + (rows - 1.0) * ROW_GAP + 2.0 * (PAD + BEND_ROOM);
         for (c, (_, column)) in columns.iter().enumerate() {
             let shift = (rows - column.len() as f64) * (NODE_H + ROW_GAP) / 2.0;
             for (row, node) in column.iter().enumerate() {
                 let rect = Rect {
                     x: x + PAD + c as f64 * (NODE_W + COL_GAP),
-                    y: top + TITLE_H + PAD + shift + row as f64 * (NODE_H + ROW_GAP),
+                    y: top + TITLE_H + PAD + BEND_ROOM + shift + row as f64 * (NODE_H + ROW_GAP),
                 };
                 out.nodes.push((node, rect));
             }
@@ -151,29 +156,93 @@ fn lock(out: &mut String, x: f64, y: f64, encryption: Encryption, colour: &str) 
     );
 }
 
-/// One edge: a curve from `src` to `dst` with its label; `slot` spreads parallel edges apart.
-fn edge(out: &mut String, e: &Edge, s: Rect, d: Rect, slot: f64) {
-    let off = slot * 12.0;
-    let (p0, p1, p2, p3) = if e.src == e.dst {
+type Point = (f64, f64);
+
+/// A label box: x, y, width, height.
+type Area = [f64; 4];
+
+fn overlaps(a: Area, b: Area) -> bool {
+    a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3]
+}
+
+fn node_area(r: Rect, margin: f64) -> Area {
+    [r.x - margin, r.y - margin, NODE_W + 2.0 * margin, NODE_H + 2.0 * margin]
+}
+
+/// The cubic Bézier from `s` to `d`; `off` shifts the ends (parallel edges), `bend` the control
+/// points (to pass around nodes in between).
+fn curve(same_node: bool, s: Rect, d: Rect, off: f64, bend: f64) -> [Point; 4] {
+    if same_node {
         let (x, y) = (s.right(), s.cy() + off);
-        ((x, y - 6.0), (x + 70.0, y - 34.0), (x + 70.0, y + 34.0), (x, y + 6.0))
+        [(x, y - 6.0), (x + 70.0, y - 34.0), (x + 70.0, y + 34.0), (x, y + 6.0)]
     } else if d.left() >= s.right() {
         let (a, b) = ((s.right(), s.cy() + off), (d.left(), d.cy() + off));
         let k = ((b.0 - a.0) / 2.0).max(40.0);
-        (a, (a.0 + k, a.1), (b.0 - k, b.1), b)
+        [a, (a.0 + k, a.1 + bend), (b.0 - k, b.1 + bend), b]
     } else if d.right() <= s.left() {
         let (a, b) = ((s.left(), s.cy() + off), (d.right(), d.cy() + off));
         let k = ((a.0 - b.0) / 2.0).max(40.0);
-        (a, (a.0 - k, a.1), (b.0 + k, b.1), b)
+        [a, (a.0 - k, a.1 + bend), (b.0 + k, b.1 + bend), b]
     } else {
         // Same column: bulge out to the right, into the gap.
         let (a, b) = ((s.right(), s.cy() + off), (d.right(), d.cy() + off));
-        (a, (a.0 + 90.0, a.1), (b.0 + 90.0, b.1), b)
-    };
-    let mid = |i: fn((f64, f64)) -> f64| (i(p0) + 3.0 * i(p1) + 3.0 * i(p2) + i(p3)) / 8.0;
-    let (mx, my) = (mid(|p| p.0), mid(|p| p.1) + slot * 14.0);
-    let colour = colour(e);
+        let k = 90.0 + bend.abs();
+        [a, (a.0 + k, a.1), (b.0 + k, b.1), b]
+    }
+}
+
+fn point_at(c: &[Point; 4], t: f64) -> Point {
+    let u = 1.0 - t;
+    let (a, b, cc, d) = (u * u * u, 3.0 * u * u * t, 3.0 * u * t * t, t * t * t);
+    (a * c[0].0 + b * c[1].0 + cc * c[2].0 + d * c[3].0, a * c[0].1 + b * c[1].1 + cc * c[2].1 + d * c[3].1)
+}
+
+/// What the edges must avoid: every node box, and the labels already placed.
+struct Obstacles {
+    nodes: Vec<Rect>,
+    labels: Vec<Area>,
+}
+
+impl Obstacles {
+    /// How many nodes (other than its ends) and labels a curve and its label run into.
+    fn hits(&self, c: &[Point; 4], ends: [Rect; 2], label: Area) -> usize {
+        let is_end = |r: &Rect| ends.iter().any(|e| e.x == r.x && e.y == r.y);
+        let others: Vec<Area> =
+            self.nodes.iter().filter(|r| !is_end(r)).map(|r| node_area(*r, 6.0)).collect();
+        let curve_hits = (1..20)
+            .map(|i| point_at(c, f64::from(i) / 20.0))
+            .filter(|p| others.iter().any(|a| overlaps(*a, [p.0, p.1, 0.1, 0.1])))
+            .count();
+        let label_hits = others.iter().filter(|a| overlaps(**a, label)).count()
+            + self.labels.iter().filter(|a| overlaps(**a, label)).count();
+        curve_hits + label_hits
+    }
+}
+
+/// One edge: a curve from `src` to `dst` with its label, bent around nodes and earlier labels;
+/// `slot` spreads parallel edges apart.
+fn edge(out: &mut String, e: &Edge, s: Rect, d: Rect, slot: f64, obstacles: &mut Obstacles) {
     let label = edge_label(e);
+    let box_w = 22.0 + label.chars().count() as f64 * CHAR_W;
+    let label_at = |c: &[Point; 4]| {
+        let (mx, my) = point_at(c, 0.5);
+        [mx - box_w / 2.0, my + slot * 14.0 - 10.0, box_w, 20.0]
+    };
+    let (_, [p0, p1, p2, p3], area) = BENDS
+        .iter()
+        .enumerate()
+        .map(|(order, bend)| {
+            let c = curve(e.src == e.dst, s, d, slot * 12.0, *bend);
+            let area = label_at(&c);
+            ((obstacles.hits(&c, [s, d], area), order), c, area)
+        })
+        .min_by_key(|(cost, _, _)| *cost)
+        .unwrap_or_else(|| {
+            let c = curve(e.src == e.dst, s, d, slot * 12.0, 0.0);
+            ((0, 0), c, label_at(&c))
+        });
+    obstacles.labels.push(area);
+    let colour = colour(e);
     let dash = if e.failed() { r#" stroke-dasharray="6 4""# } else { "" };
     let width = 1.4 + ((e.connections as f64).log10() * 1.2).min(2.6);
     let title = format!(
@@ -213,8 +282,7 @@ fn edge(out: &mut String, e: &Edge, s: Rect, d: Rect, slot: f64) {
         p3.1,
         class(e)
     );
-    let box_w = 22.0 + label.chars().count() as f64 * CHAR_W;
-    let (bx, by) = (mx - box_w / 2.0, my - 10.0);
+    let (bx, by) = (area[0], area[1]);
     let _ = write!(
         out,
         r##"<rect x="{bx:.1}" y="{by:.1}" width="{box_w:.1}" height="20" rx="4" fill="#ffffff" stroke="{colour}" stroke-width="1"/>"##
@@ -288,6 +356,8 @@ pub fn to_svg(graph: &Graph, caption: &str) -> String {
         );
     }
     let position: HashMap<&str, Rect> = layout.nodes.iter().map(|(n, r)| (n.id.as_str(), *r)).collect();
+    let mut obstacles =
+        Obstacles { nodes: layout.nodes.iter().map(|(_, r)| *r).collect(), labels: Vec::new() };
     let mut parallel: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
     for e in &graph.edges {
         parallel.entry((e.src.as_str(), e.dst.as_str())).or_default().1 += 1;
@@ -299,7 +369,7 @@ pub fn to_svg(graph: &Graph, caption: &str) -> String {
         let (seen, total) = parallel.entry((e.src.as_str(), e.dst.as_str())).or_default();
         let slot = *seen as f64 - (*total as f64 - 1.0) / 2.0;
         *seen += 1;
-        edge(&mut out, e, *s, *d, slot);
+        edge(&mut out, e, *s, *d, slot, &mut obstacles);
     }
     for (node, r) in &layout.nodes {
         let name: String = if node.name.chars().count() > 22 {
@@ -366,6 +436,39 @@ mod tests {
             |id: &str| layout.nodes.iter().find(|(n, _)| n.id == id).map(|(_, r)| r.x).unwrap_or_default();
         assert!(x("bookinfo/productpage") < x("bookinfo/details"));
         assert!(layout.width >= x("10.0.0.2") + NODE_W);
+    }
+
+    #[test]
+    fn an_edge_bends_around_the_node_in_between() {
+        let node =
+            |name: &str| Node { id: format!("ns/{name}"), namespace: Some("ns".into()), name: name.into() };
+        let edge = |src: &str, dst: &str| Edge {
+            src: format!("ns/{src}"),
+            dst: format!("ns/{dst}"),
+            port: 80,
+            encryption: Encryption::Mtls,
+            verdict: crate::flows::Verdict::Forwarded,
+            connections: 1,
+            open: 0,
+            bytes: 10,
+        };
+        let graph = Graph {
+            nodes: vec![node("a"), node("b"), node("c")],
+            edges: vec![edge("a", "b"), edge("b", "c"), edge("a", "c")],
+        };
+        let layout = layout(&graph);
+        let rect = |id: &str| layout.nodes.iter().find(|(n, _)| n.id == id).map(|(_, r)| *r).unwrap();
+        let (a, b, c) = (rect("ns/a"), rect("ns/b"), rect("ns/c"));
+        assert!(a.y == b.y && b.y == c.y, "one row: a → c would cross b when drawn straight");
+        let obstacles = Obstacles { nodes: vec![a, b, c], labels: Vec::new() };
+        let straight = curve(false, a, c, 0.0, 0.0);
+        let label = [0.0, 0.0, 0.0, 0.0];
+        assert!(obstacles.hits(&straight, [a, c], label) > 0);
+        let svg = to_svg(&graph, "");
+        let path = svg.split(r#"data-src="ns/a" data-dst="ns/c""#).nth(1).unwrap();
+        let d = path.split(r#"<path d="M"#).nth(1).unwrap().split('"').next().unwrap();
+        let numbers: Vec<f64> = d.replace('C', " ").split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(numbers[3] < a.cy() - 30.0, "the control points rise above the row: {d}");
     }
 
     #[test]
