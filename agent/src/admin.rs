@@ -172,7 +172,7 @@ async fn graph_svg(State(state): State<AdminState>) -> Response {
     };
     let graph = crate::graph::Graph::from_records(&records);
     let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"))
         .unwrap_or_default();
     let caption = format!("node {} · {} flows · {now}", state.inventory.load().node, records.len());
     (
