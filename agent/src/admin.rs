@@ -1,10 +1,10 @@
-//! The admin endpoint: health, readiness, flows and metrics over HTTP (default 127.0.0.1:15000, like
+//! The admin endpoint: health, readiness, flows, metrics and the mesh picture over HTTP (default 127.0.0.1:15000, like
 //! Envoy's and ztunnel's admin ports).
 use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -40,6 +40,9 @@ pub struct Readiness {
     pub datapath_synced: AtomicBool,
     pub config_errors: Mutex<Vec<String>>,
     pub kernel_counters: Mutex<CounterValues>,
+    /// Flow events the agent took out of the kernel's ring buffer (those the kernel could not
+    /// put in are `kernel_counters.ring_buffer_drops`).
+    pub kernel_events_received: AtomicU64,
     pub programs: Mutex<Vec<ProgramRef>>,
     /// Set once the engine exists; read live so `/readyz` is never stale.
     pub engine: OnceLock<EngineHandles>,
@@ -88,6 +91,8 @@ fn router(state: AdminState) -> Router {
         .route("/check", get(check))
         .route("/metrics", get(metrics))
         .route("/config_dump", get(config_dump))
+        .route("/graph", get(graph_page))
+        .route("/graph.svg", get(graph_svg))
         .with_state(state)
 }
 
@@ -99,6 +104,7 @@ struct ReadyDetail {
     datapath_synced: bool,
     config_errors: Vec<String>,
     kernel: CounterValues,
+    kernel_events_received: u64,
     programs: Vec<ProgramRef>,
     flows: FlowStats,
     engine: EngineStatus,
@@ -113,6 +119,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         datapath_synced: r.datapath_synced.load(Ordering::Acquire),
         config_errors: r.config_errors.lock().map(|e| e.clone()).unwrap_or_default(),
         kernel: r.kernel_counters.lock().map(|c| *c).unwrap_or_default(),
+        kernel_events_received: r.kernel_events_received.load(Ordering::Relaxed),
         programs: r.programs.lock().map(|p| p.clone()).unwrap_or_default(),
         flows: state.flows.lock().map(|t| t.stats()).unwrap_or_default(),
         engine: r.engine.get().map_or_else(EngineStatus::default, |e| EngineStatus {
@@ -130,7 +137,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let stats = state.flows.lock().map(|t| t.stats()).unwrap_or_default();
     let kernel = r.kernel_counters.lock().map(|c| *c).unwrap_or_default();
     let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
-    let body = state.metrics.render(stats, kernel, &certificates);
+    let received = r.kernel_events_received.load(Ordering::Relaxed);
+    let body = state.metrics.render(stats, kernel, received, &certificates);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -140,6 +148,38 @@ async fn config_dump(State(state): State<AdminState>) -> Response {
     let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
     let errors = r.config_errors.lock().map(|e| e.clone()).unwrap_or_default();
     Json(crate::config_dump::dump(&state.inventory.load(), certificates, errors)).into_response()
+}
+
+/// What the `/graph` page may load: its own inline script and style, and `/graph.svg` from here.
+const GRAPH_PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:";
+
+/// `/graph`: a page that redraws the mesh picture from `/graph.svg` every few seconds.
+async fn graph_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, GRAPH_PAGE_POLICY),
+        ],
+        crate::graph::PAGE,
+    )
+        .into_response()
+}
+
+/// `/graph.svg`: the mesh picture of this node's flows (what `lockmesh graph --format svg` draws).
+async fn graph_svg(State(state): State<AdminState>) -> Response {
+    let Ok(records) = state.flows.lock().map(|t| t.snapshot()) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let graph = crate::graph::Graph::from_records(&records);
+    let now = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"))
+        .unwrap_or_default();
+    let caption = format!("node {} · {} flows · {now}", state.inventory.load().node, records.len());
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")],
+        crate::graph::to_svg(&graph, &caption),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -238,9 +238,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
     let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());
+    let events_seen = readiness.clone();
     let mut event_task = tokio::spawn(async move {
         loop {
-            events.next_batch(|event| kernel_flows.handle(event)).await?;
+            events
+                .next_batch(|event| {
+                    events_seen.kernel_events_received.fetch_add(1, Ordering::Relaxed);
+                    kernel_flows.handle(event)
+                })
+                .await?;
         }
     });
 

@@ -73,7 +73,7 @@ pub enum Command {
     /// holds; filtered like `hubble observe`.
     Flows(Box<FlowsArgs>),
     /// Draw workloads and their connections (🔒 mTLS / 🔓 plaintext) from a running agent's flows
-    /// or audit-log files, as Graphviz DOT or SVG.
+    /// or audit-log files, as Graphviz DOT or SVG (live in a browser: the admin endpoint's /graph).
     Graph(GraphArgs),
     /// Check the audit log written with `lockmesh agent --audit-log`.
     #[command(subcommand)]
@@ -460,7 +460,8 @@ pub struct GraphArgs {
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub file: Vec<PathBuf>,
 
-    /// `dot` (Graphviz source) or `svg` (rendered by Graphviz's `dot`).
+    /// `dot` (Graphviz source, namespaces as clusters) or `svg` (a self-contained picture, the
+    /// same the admin endpoint shows at /graph).
     #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
     pub format: GraphFormat,
 }

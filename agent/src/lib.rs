@@ -13,6 +13,7 @@ pub mod config_dump;
 pub mod desired;
 pub mod enrolment;
 pub mod flows;
+pub mod graph;
 pub mod identity;
 pub mod inventory;
 pub mod kernel;

@@ -32,6 +32,8 @@ pub struct TcpLabels {
     pub destination_principal: String,
     pub destination_app: String,
     pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub connection_security_policy: String,
     pub request_protocol: String,
     pub response_flags: String,
@@ -88,6 +90,7 @@ pub struct Metrics {
     evicted: Family<EvictedLabels, Counter>,
     kernel_drops: Counter,
     spoof_drops: Counter,
+    kernel_received: Counter,
     cert_expiry: Family<IdentityLabels, Gauge>,
     scrape: Mutex<()>,
 }
@@ -112,6 +115,7 @@ impl Metrics {
             evicted: Family::default(),
             kernel_drops: Counter::default(),
             spoof_drops: Counter::default(),
+            kernel_received: Counter::default(),
             cert_expiry: Family::default(),
             scrape: Mutex::new(()),
             limited: LimitCounters::default(),
@@ -152,6 +156,11 @@ impl Metrics {
             "Connections, handshakes and streams the engine refused or closed at a limit, by reason",
             metrics.limited.0.clone(),
         );
+        r.register(
+            "lockmesh_kernel_events_received",
+            "Kernel flow events the agent read from the ring buffer (with the dropped ones: every event the kernel had)",
+            metrics.kernel_received.clone(),
+        );
         r.register("lockmesh_resets", "Connections reset or denied, by destination", metrics.resets.clone());
         r.register(
             "lockmesh_handshake_failures",
@@ -176,6 +185,7 @@ impl Metrics {
         &self,
         flows: FlowStats,
         kernel: CounterValues,
+        kernel_events_received: u64,
         certificates: &[CertificateStatus],
     ) -> String {
         let _guard = self.scrape.lock();
@@ -190,6 +200,7 @@ impl Metrics {
         );
         catch_up(&self.kernel_drops, kernel.ring_buffer_drops);
         catch_up(&self.spoof_drops, kernel.spoof_drops);
+        catch_up(&self.kernel_received, kernel_events_received);
         self.cert_expiry.clear();
         for cert in certificates {
             self.cert_expiry
@@ -224,7 +235,9 @@ pub fn tcp_labels(r: &FlowRecord) -> TcpLabels {
         destination_workload_namespace: or_unknown(&r.dst.namespace),
         destination_principal: or_unknown(&r.dst.identity),
         destination_app: app(&r.dst.labels),
-        destination_service: UNKNOWN.into(),
+        destination_service: r.service.clone().unwrap_or_else(|| UNKNOWN.into()),
+        destination_service_name: service_part(r, 0),
+        destination_service_namespace: service_part(r, 1),
         connection_security_policy: match r.encryption {
             Encryption::Mtls => "mutual_tls",
             Encryption::Plaintext => "none",
@@ -233,6 +246,12 @@ pub fn tcp_labels(r: &FlowRecord) -> TcpLabels {
         request_protocol: "tcp".into(),
         response_flags: response_flags(r.verdict).into(),
     }
+}
+
+/// Name (`part` 0) or namespace (1) of the flow's Service, from its host name
+/// `name.namespace.svc.<domain>` (neither may contain a dot).
+fn service_part(r: &FlowRecord, part: usize) -> String {
+    r.service.as_deref().and_then(|host| host.split('.').nth(part)).unwrap_or(UNKNOWN).to_string()
 }
 
 /// Envoy's response flags: `-` none, `UF` upstream connection failure (denied: the peer or the
@@ -310,6 +329,7 @@ mod tests {
         let mut mtls = flow(1);
         mtls.src.identity = Some("spiffe://cluster.local/ns/bookinfo/sa/productpage".into());
         mtls.dst.labels.insert("app".into(), "details".into());
+        mtls.service = Some("details.bookinfo.svc.cluster.local".into());
         metrics.opened(&mtls);
         metrics.closed(&mtls, true);
         let mut denied = flow(2);
@@ -319,7 +339,7 @@ mod tests {
         metrics.closed(&denied, false);
         let stats = FlowStats { open: 3, evicted_open: 2, ..Default::default() };
         let kernel = CounterValues { ring_buffer_drops: 5, spoof_drops: 4, ..Default::default() };
-        let text = metrics.render(stats, kernel, &[]);
+        let text = metrics.render(stats, kernel, 7, &[]);
         let line = |prefix: &str| {
             let mut lines = text.lines().filter(|l| l.starts_with(prefix));
             let first = lines.next().unwrap_or_else(|| panic!("{prefix} in\n{text}"));
@@ -333,7 +353,15 @@ mod tests {
             })
             .unwrap();
         assert!(opened.contains("source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/productpage\""));
-        assert!(opened.contains("destination_app=\"details\",destination_service=\"unknown\""), "{opened}");
+        assert!(
+            opened.contains("destination_app=\"details\",destination_service=\"details.bookinfo.svc.cluster.local\",destination_service_name=\"details\",destination_service_namespace=\"bookinfo\""),
+            "{opened}"
+        );
+        let denied_line = text.lines().find(|l| l.contains("response_flags=\"UF\"")).unwrap();
+        assert!(
+            denied_line.contains("destination_service=\"unknown\",destination_service_name=\"unknown\",destination_service_namespace=\"unknown\""),
+            "{denied_line}"
+        );
         assert!(text.contains(
             "connection_security_policy=\"mutual_tls\",request_protocol=\"tcp\",response_flags=\"-\"} 1"
         ));
@@ -344,6 +372,7 @@ mod tests {
         assert!(line("istio_tcp_received_bytes_total").ends_with(" 101"));
         assert_eq!(line("lockmesh_flows_tracked"), "lockmesh_flows_tracked 3");
         assert_eq!(line("lockmesh_kernel_events_dropped_total"), "lockmesh_kernel_events_dropped_total 5");
+        assert_eq!(line("lockmesh_kernel_events_received_total"), "lockmesh_kernel_events_received_total 7");
         assert_eq!(
             line("lockmesh_spoofed_packets_dropped_total"),
             "lockmesh_spoofed_packets_dropped_total 4"
@@ -358,7 +387,7 @@ mod tests {
             "lockmesh_handshake_failures_total{reason=\"wrong_identity\"} 1"
         );
         // Scrape-time counters do not double on a second scrape.
-        let again = metrics.render(stats, kernel, &[]);
+        let again = metrics.render(stats, kernel, 7, &[]);
         assert!(again.contains("lockmesh_kernel_events_dropped_total 5"));
     }
 

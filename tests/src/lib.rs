@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod app;
 pub mod apps;
+pub mod browser;
 pub mod capture;
 pub mod http;
 pub mod netns;

@@ -152,7 +152,7 @@ fn audit_log_metrics_and_filters() {
     let (ok, dot) = lockmesh(&["graph", "--file", &log.to_string_lossy()]);
     assert!(ok, "{dot}");
     assert!(
-        dot.contains("\"bookinfo/productpage\" -> \"bookinfo/ratings\" [label=\"🔒 mTLS :8080 ×2\""),
+        dot.contains("\"bookinfo/productpage\" -> \"bookinfo/ratings\" [label=\"🔒 mTLS :8080 ×2 · "),
         "{dot}"
     );
     assert!(dot.contains(&format!("\"bookinfo/productpage\" -> \"{out}\" [label=\"🔓 plaintext")), "{dot}");
@@ -253,7 +253,7 @@ fn tampering_is_detected(tb: &Testbed, log: &Path) {
 }
 
 fn metrics_have_istio_labels(agent1: &Agent, agent2: &Agent, tb: &Testbed) {
-    const ISTIO_LABELS: [&str; 13] = [
+    const ISTIO_LABELS: [&str; 15] = [
         "reporter",
         "source_workload",
         "source_workload_namespace",
@@ -264,6 +264,8 @@ fn metrics_have_istio_labels(agent1: &Agent, agent2: &Agent, tb: &Testbed) {
         "destination_principal",
         "destination_app",
         "destination_service",
+        "destination_service_name",
+        "destination_service_namespace",
         "connection_security_policy",
         "request_protocol",
         "response_flags",

@@ -15,6 +15,9 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     "ethtool",
+    // The /graph page's test drives a real headless browser through WebDriver.
+    "chromium",
+    "chromium-driver",
     // cargo xtask bench: load generators and the userspace mTLS tunnels lockmesh is compared with.
     "iperf3",
     "stunnel4",

@@ -24,10 +24,40 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
     }
     let records = admin_client::flow_records(args.admin, &args.file).await?;
     let matching: Vec<FlowRecord> = records.into_iter().filter(|r| filter.matches(r)).collect();
-    for record in &flow_filter::last(matching, args.last) {
+    let shown = flow_filter::last(matching, args.last);
+    for record in &shown {
         print_record(&mut out, record, args.output, style)?;
     }
+    if args.output == FlowsOutput::Table && args.file.is_empty() {
+        let status = admin_client::get_bytes(args.admin, "/readyz")
+            .await
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).context("parsing /readyz"));
+        writeln!(out, "{}", footer(shown.len(), status))?;
+    }
     Ok(())
+}
+
+/// What the table cannot show: events the kernel dropped, flows the agent forgot.
+fn footer(shown: usize, status: anyhow::Result<serde_json::Value>) -> String {
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => return format!("{shown} flows shown · agent counters unavailable: {e:#}"),
+    };
+    let number = |path: &[&str]| path.iter().fold(&status, |v, key| &v[key]).as_u64().unwrap_or(0);
+    let dropped = number(&["kernel", "ring_buffer_drops"]);
+    let mut text = format!(
+        "{shown} flows shown · kernel events: {} received, {dropped} dropped · flows evicted: {} open, {} closed · closes without open: {}",
+        number(&["kernel_events_received"]),
+        number(&["flows", "evicted_open"]),
+        number(&["flows", "evicted_closed"]),
+        number(&["flows", "unmatched_closes"]),
+    );
+    if dropped > 0 {
+        text.push_str(&format!(
+            "\nwarning: the kernel dropped {dropped} flow events (ring buffer full), so flows are missing; raise --ring-buffer-bytes"
+        ));
+    }
+    text
 }
 
 /// `--follow`: the agent's table, then every change. With `--last`, the table is fetched on its
@@ -213,5 +243,25 @@ mod tests {
         assert_eq!(human_bytes(3 << 30), "3.0GiB");
         assert_eq!(human_ms(20), "20ms");
         assert_eq!(human_ms(1500), "1.5s");
+    }
+
+    #[test]
+    fn footer_counts_what_is_missing() {
+        let status = serde_json::json!({
+            "kernel": {"ring_buffer_drops": 12},
+            "kernel_events_received": 30,
+            "flows": {"evicted_open": 1, "evicted_closed": 2, "unmatched_closes": 3}
+        });
+        let text = footer(4, Ok(status));
+        assert_eq!(
+            text.lines().next(),
+            Some(
+                "4 flows shown · kernel events: 30 received, 12 dropped · flows evicted: 1 open, 2 closed · closes without open: 3"
+            )
+        );
+        assert!(text.contains("dropped 12 flow events"), "{text}");
+        let quiet = footer(0, Ok(serde_json::json!({"kernel": {"ring_buffer_drops": 0}})));
+        assert!(!quiet.contains("warning"), "{quiet}");
+        assert!(footer(0, Err(anyhow::anyhow!("down"))).contains("unavailable: down"));
     }
 }

@@ -37,6 +37,11 @@ pub struct FlowRecord {
     /// The Istio objects that decided how the flow was handled.
     #[serde(default)]
     pub policy: FlowPolicy,
+    /// The Kubernetes Service the connection went to, as its host name
+    /// (`name.namespace.svc.<domain>`): the one whose cluster IP the client dialled, else the one
+    /// that selects the server on this port; `null` when none does.
+    #[serde(default)]
+    pub service: Option<String>,
     /// The mutual TLS session that carried the flow (`null` for plaintext).
     pub tls: Option<TlsInfo>,
     /// Bytes from client to server.
@@ -133,6 +138,7 @@ impl FlowRecord {
             reason: None,
             mode: None,
             policy: FlowPolicy::default(),
+            service: None,
             tls: None,
             bytes_sent: 0,
             bytes_received: 0,

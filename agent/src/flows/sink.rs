@@ -83,11 +83,22 @@ impl FlowSink {
         FlowRecord::new(id, start, self.inventory.load().node.clone(), reporter, src, dst, encryption)
     }
 
-    /// Fills a flow's `mode` and PeerAuthentication from the server's policy, when the server is
-    /// a mesh workload.
+    /// Fills a flow's Service (the cluster IP dialled, else the Service selecting the server's
+    /// port), and its `mode` and PeerAuthentication from the server's policy when the server is a
+    /// mesh workload.
     pub fn annotate_server(&self, record: &mut FlowRecord) {
         let inventory = self.inventory();
-        let Some(server) = inventory.workload_by_ip(record.dst.ip) else { return };
+        let (state, domain) = (&inventory.state, &inventory.mesh.domain);
+        let server = inventory.workload_by_ip(record.dst.ip);
+        let service = crate::policy::service_by_cluster_ip(state, record.dst.ip).or_else(|| {
+            server
+                .and_then(|w| crate::policy::service_for_workload_port(state, w, record.dst.port))
+                .map(|(s, _)| s)
+        });
+        if let Some(service) = service {
+            record.service = Some(crate::policy::service_fqdn(service, domain));
+        }
+        let Some(server) = server else { return };
         let resolved =
             crate::policy::effective_mtls(&inventory.state, &inventory.mesh, server, Some(record.dst.port));
         record.mode = Some(resolved.mode.to_string());

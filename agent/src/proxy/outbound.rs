@@ -71,6 +71,10 @@ async fn handle(ctx: &EngineContext, pod: &PodProxy, app: TcpStream, peer: Socke
     let encryption = if route.outbound.mtls { Encryption::Mtls } else { Encryption::Plaintext };
     let mut record = ctx.sink.record(key, started, Reporter::Source, src, dst, encryption);
     ctx.sink.annotate_server(&mut record);
+    if let Some(service) = &route.service {
+        // The Service dialled, rather than any other that also selects the endpoint.
+        record.service = Some(service.clone());
+    }
     record.policy.destination_rule = route
         .outbound
         .decided_by
@@ -90,6 +94,8 @@ struct Route {
     endpoint: Arc<Workload>,
     addr: SocketAddrV4,
     outbound: Outbound,
+    /// Host name of the Service whose cluster IP was dialled.
+    service: Option<String>,
 }
 
 fn route(
@@ -115,14 +121,15 @@ fn route(
         let dest = Destination::Service { service, port: target.port(), endpoint: &endpoint };
         let outbound = policy::outbound_tls(state, mesh, namespace, &dest, true);
         let ip = endpoint.primary_address().unwrap_or(*target.ip());
-        return Ok(Route { addr: SocketAddrV4::new(ip, target_port), endpoint, outbound });
+        let service = Some(policy::service_fqdn(service, &mesh.domain));
+        return Ok(Route { addr: SocketAddrV4::new(ip, target_port), endpoint, outbound, service });
     }
     let Some(endpoint) = inventory.workload_by_ip(*target.ip()).cloned() else {
         return Err("destination is no longer a known mesh workload".into());
     };
     let dest = Destination::Workload { workload: &endpoint, port: target.port() };
     let outbound = policy::outbound_tls(state, mesh, namespace, &dest, true);
-    Ok(Route { addr: target, endpoint, outbound })
+    Ok(Route { addr: target, endpoint, outbound, service: None })
 }
 
 /// Over HBONE to the endpoint's engine.

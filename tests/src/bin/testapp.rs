@@ -7,13 +7,14 @@
 //! lockmesh-testapp get --connect 10.77.2.2:8080 --path /bytes/1000 [--count N --interval-ms M]
 //! lockmesh-testapp send --connect 10.77.2.2:9000 --bytes 1000      # half-close round trip
 //! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200 [--parallel 16]  # many open connections
-//! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024
+//! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024 [--count N]
 //! lockmesh-testapp pingpong --connect 10.77.2.2:9001 --bytes 1 --millis 2000   # RTT percentiles
 //! ```
 //! `pingpong` (against `echo --stream`): one connection, TCP_NODELAY, send N bytes, wait for the N
 //! echoed bytes, again; prints round-trip percentiles in µs after a short warm-up.
 //! `connrate` (against `echo`): each of N threads loops connect, send, half-close, read the echo
-//! to EOF, close; prints one JSON result (rates, refusals, per-connection latency percentiles).
+//! to EOF, close (until `--millis` pass or `--count` connections were started); prints one JSON
+//! result (rates, refusals, per-connection latency percentiles).
 //! Server routes: `GET /` (hello + marker), `GET /bytes/N` (N pattern bytes), `GET /peer` (the
 //! peer address the server sees), `POST /echo`. Keep-alive unless `Connection: close`.
 use std::{
@@ -86,6 +87,7 @@ fn run() -> anyhow::Result<()> {
             args.number("--concurrency", 1)?.max(1),
             Duration::from_millis(args.number("--millis", 1000)?),
             args.number("--bytes", 1024)? as usize,
+            args.number("--count", u64::MAX)?,
         ),
         other => bail!("unknown command {other}"),
     }
@@ -388,16 +390,27 @@ fn one_transaction(addr: SocketAddr, request: &[u8]) -> std::io::Result<bool> {
 }
 
 /// `concurrency` threads each run transactions back to back for `duration`.
-fn connrate(addr: SocketAddr, concurrency: u64, duration: Duration, bytes: usize) -> anyhow::Result<()> {
+fn connrate(
+    addr: SocketAddr,
+    concurrency: u64,
+    duration: Duration,
+    bytes: usize,
+    count: u64,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + duration;
     let request = Arc::new(vec![b'x'; bytes]);
+    // Connections started so far, to stop at `count`.
+    let started_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let request = request.clone();
+            let started_connections = started_connections.clone();
             std::thread::spawn(move || {
                 let mut tally = RateTally::default();
-                while Instant::now() < deadline {
+                while Instant::now() < deadline
+                    && started_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count
+                {
                     let t = Instant::now();
                     match one_transaction(addr, &request) {
                         Ok(true) => {
