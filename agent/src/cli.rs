@@ -220,8 +220,9 @@ pub struct AgentArgs {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
 
-    /// Let plaintext from this source reach STRICT ports: `IP` (any port) or `IP:PORT`, e.g.
-    /// the node address of kubelet health probes. Repeatable.
+    /// Let plaintext from this source reach STRICT ports of every pod: `IP` (any port) or
+    /// `IP:PORT`. Repeatable. Kubelet probes need no flag: each pod's probe ports are exempt for
+    /// its node only (Workload `spec.probes`, or the Pod's probes with --kube).
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_exemption)]
     pub strict_exempt: Vec<StrictExemption>,
 

@@ -275,7 +275,8 @@ impl Datapath {
 /// `strict-<ifindex>-<id>` for the STRICT guards (bpffs refuses names with dots).
 const LINKS_DIR: &str = "links";
 /// Version of the maps' layout (their key and value types); bump it when they change.
-const MAP_LAYOUT: u32 = 1;
+/// 2: `ExemptKey` gained the destination pod (probe exemptions are per pod).
+const MAP_LAYOUT: u32 = 2;
 const GUARD_PREFIX: &str = "strict-";
 
 fn pinned_links(dir: &Path) -> Vec<PathBuf> {
