@@ -31,6 +31,9 @@ Examples:
   # In a cluster (see deploy/): pods, Services and Istio policies from the API server:
   lockmesh agent --kube --node node1 --proc-root /host/proc --admin 0.0.0.0:15000
 
+  # Does this node (or the agent's pod) have what the agent needs?
+  lockmesh doctor --kube --proc-root /host/proc
+
   # Remove everything a crashed agent of node1 left in the kernel:
   lockmesh agent --node node1 --cleanup";
 
@@ -80,6 +83,53 @@ pub enum Command {
     /// Manage the certificate authority that signs workload identities.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check that this node (or the agent's pod) has what the agent needs: kernel ≥ 6.6 with
+    /// BTF, bpffs, cgroup v2, capabilities, pod network namespaces, the config source, the CA.
+    /// One ✓/✗ line each with a hint; exits non-zero when something required is missing. Give
+    /// it the options you give the agent.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The agent's config dir, checked for readability.
+    #[arg(long, value_name = "DIR", conflicts_with = "kube")]
+    pub config: Option<PathBuf>,
+
+    /// Check for Kubernetes mode: credentials (in-cluster or kubeconfig) and the host's /proc.
+    #[arg(long)]
+    pub kube: bool,
+
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The host's /proc (--kube finds pods' network namespaces there).
+    #[arg(long, value_name = "PATH", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
+    /// Where named network namespaces are pinned (Workload `spec.netns` paths).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
+
+    /// cgroup v2 directory the agent attaches to [default: found as the agent finds it].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// bpffs directory for pinned maps (the agent's --bpffs-dir, without the node).
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf/lockmesh")]
+    pub bpffs_dir: PathBuf,
+
+    /// Plug-in CA directory (Istio cacerts layout), loaded as the agent loads it.
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+
+    /// The agent's state dir (holds the self-signed root when there is no --ca).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lockmesh")]
+    pub state_dir: PathBuf,
+
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
