@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     identity::CertificateStatus,
     inventory::Inventory,
-    model::Workload,
+    model::{ProbeExemption, Workload},
     policy::{self, Destination},
 };
 
@@ -23,6 +23,9 @@ pub struct WorkloadCheck {
     pub mtls: ModeCheck,
     /// Ports whose mode a port-level policy sets.
     pub ports: BTreeMap<u16, ModeCheck>,
+    /// Ports the kubelet probes: plaintext from that node address passes STRICT (to this pod).
+    #[serde(default)]
+    pub probes: Vec<ProbeExemption>,
     pub outbound: Vec<OutboundCheck>,
 }
 
@@ -118,6 +121,7 @@ fn workload_check(
         certificate,
         mtls: mode(&modes.default),
         ports: modes.ports.iter().map(|(port, resolved)| (*port, mode(resolved))).collect(),
+        probes: workload.probes.clone(),
         outbound,
     }
 }
@@ -153,8 +157,15 @@ pub fn render(checks: &[WorkloadCheck]) -> String {
         if check.mtls.mode == "STRICT" || check.ports.values().any(|m| m.mode == "STRICT") {
             let _ = writeln!(
                 out,
-                "  (STRICT: plaintext SYNs are reset in the kernel; port 15008 and --strict-exempt sources pass)"
+                "  (STRICT: plaintext SYNs are reset in the kernel; port 15008, probe exemptions and --strict-exempt sources pass)"
             );
+        }
+        if !check.probes.is_empty() {
+            let _ = writeln!(out, "Probe exemptions (the kubelet's probes pass STRICT):");
+            for probe in &check.probes {
+                let _ =
+                    writeln!(out, "  port {:<6} plaintext from {} (kubelet probe)", probe.port, probe.from);
+            }
         }
         if !check.outbound.is_empty() {
             let _ = writeln!(out, "Outbound:");

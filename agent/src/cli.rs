@@ -35,6 +35,8 @@ Examples:
   lockmesh ca serve --ca /etc/lockmesh/ca
   lockmesh agent --kube --node node1 --ca-url https://lockmesh-ca.lockmesh-system.svc:15012 \
     --ca-root /etc/lockmesh/root/root-cert.pem --ca-token /var/run/secrets/lockmesh/token
+  # Does this node (or the agent's pod) have what the agent needs?
+  lockmesh doctor --kube --proc-root /host/proc
 
   # Remove everything a crashed agent of node1 left in the kernel:
   lockmesh agent --node node1 --cleanup";
@@ -85,6 +87,53 @@ pub enum Command {
     /// Manage the certificate authority that signs workload identities.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check that this node (or the agent's pod) has what the agent needs: kernel ≥ 6.6 with
+    /// BTF, bpffs, cgroup v2, capabilities, pod network namespaces, the config source, the CA.
+    /// One ✓/✗ line each with a hint; exits non-zero when something required is missing. Give
+    /// it the options you give the agent.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The agent's config dir, checked for readability.
+    #[arg(long, value_name = "DIR", conflicts_with = "kube")]
+    pub config: Option<PathBuf>,
+
+    /// Check for Kubernetes mode: credentials (in-cluster or kubeconfig) and the host's /proc.
+    #[arg(long)]
+    pub kube: bool,
+
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The host's /proc (--kube finds pods' network namespaces there).
+    #[arg(long, value_name = "PATH", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
+    /// Where named network namespaces are pinned (Workload `spec.netns` paths).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
+
+    /// cgroup v2 directory the agent attaches to [default: found as the agent finds it].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// bpffs directory for pinned maps (the agent's --bpffs-dir, without the node).
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf/lockmesh")]
+    pub bpffs_dir: PathBuf,
+
+    /// Plug-in CA directory (Istio cacerts layout), loaded as the agent loads it.
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+
+    /// The agent's state dir (holds the self-signed root when there is no --ca).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lockmesh")]
+    pub state_dir: PathBuf,
+
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -292,8 +341,9 @@ pub struct AgentArgs {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
 
-    /// Let plaintext from this source reach STRICT ports: `IP` (any port) or `IP:PORT`, e.g.
-    /// the node address of kubelet health probes. Repeatable.
+    /// Let plaintext from this source reach STRICT ports of every pod: `IP` (any port) or
+    /// `IP:PORT`. Repeatable. Kubelet probes need no flag: each pod's probe ports are exempt for
+    /// its node only (Workload `spec.probes`, or the Pod's probes with --kube).
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_exemption)]
     pub strict_exempt: Vec<StrictExemption>,
 

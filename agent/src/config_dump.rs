@@ -74,6 +74,7 @@ mod tests {
                 service_account: name.into(),
                 addresses: vec![ip.into()],
                 netns: None,
+                probes: Vec::new(),
             })
         };
         let (pp, details) =

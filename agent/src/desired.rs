@@ -58,6 +58,7 @@ pub fn kernel_state(
         let ip4 = pod.workload.primary_address().map(|ip| u32::from(ip).to_be()).unwrap_or(0);
         desired.enrolled.insert(pod.netns.cookie(), EnrolledPod { ip4, class });
         strict_entries(state, mesh, &pod.workload, &mut desired.strict);
+        probe_entries(&pod.workload, &mut desired.exempt);
     }
     for (class, namespace) in &client_namespaces {
         for workload in &state.workloads {
@@ -74,7 +75,8 @@ pub fn kernel_state(
         }
     }
     for exemption in exemptions {
-        let key = ExemptKey { src_ip4: u32::from(exemption.source).to_be(), port: exemption.port, _pad: 0 };
+        let src_ip4 = u32::from(exemption.source).to_be();
+        let key = ExemptKey { src_ip4, dst_ip4: 0, port: exemption.port, _pad: 0 };
         desired.exempt.insert(key, 1);
     }
     desired
@@ -127,6 +129,21 @@ fn capture_entries(
             if action != default {
                 capture.insert(CaptureKey { class, ip4, port, _pad: 0 }, action);
             }
+        }
+    }
+}
+
+/// Exemptions of an enrolled workload's probe ports: from its node's address, to this pod only.
+fn probe_entries(workload: &Workload, out: &mut BTreeMap<ExemptKey, u32>) {
+    for probe in &workload.probes {
+        for ip in &workload.addresses {
+            let key = ExemptKey {
+                src_ip4: u32::from(probe.from).to_be(),
+                dst_ip4: u32::from(*ip).to_be(),
+                port: probe.port,
+                _pad: 0,
+            };
+            out.insert(key, 1);
         }
     }
 }
@@ -196,7 +213,11 @@ spec: {node: node1, serviceAccount: productpage, addresses: [10.77.1.2]}
 apiVersion: lockmesh.io/v1alpha1
 kind: Workload
 metadata: {name: details, namespace: bookinfo, labels: {app: details}}
-spec: {node: node2, serviceAccount: details, addresses: [10.77.2.2]}
+spec:
+  node: node2
+  serviceAccount: details
+  addresses: [10.77.2.2]
+  probes: [{port: 8081, from: 10.76.0.2}, {port: 15020, from: 10.76.0.2}]
 ---
 apiVersion: v1
 kind: Service
@@ -266,6 +287,20 @@ spec:
     }
 
     #[test]
+    fn probe_ports_are_exempt_for_the_node_and_that_pod_only() {
+        let state = state();
+        let details = state.workloads.iter().find(|w| w.key.name == "details").unwrap();
+        let mut exempt = BTreeMap::new();
+        probe_entries(details, &mut exempt);
+        let key = |port| ExemptKey { src_ip4: ip("10.76.0.2"), dst_ip4: ip("10.77.2.2"), port, _pad: 0 };
+        assert_eq!(exempt.keys().copied().collect::<Vec<_>>(), [key(8081), key(15020)]);
+        let productpage = state.workloads.iter().find(|w| w.key.name == "productpage").unwrap();
+        let mut none = BTreeMap::new();
+        probe_entries(productpage, &mut none);
+        assert!(none.is_empty(), "no probes declared");
+    }
+
+    #[test]
     fn check_explains_modes_and_outbound() {
         let state = Arc::new(state());
         let enrolled: Vec<_> = state.workloads.iter().map(|w| (w.key.name.len() as u64, w.clone())).collect();
@@ -276,7 +311,13 @@ spec:
         assert_eq!(checks[0].mtls.mode, "STRICT");
         assert_eq!(checks[0].mtls.peer_authentication.as_deref(), Some("bookinfo/details"));
         assert_eq!(checks[0].ports[&9000].mode, "PERMISSIVE");
+        let from: Ipv4Addr = "10.76.0.2".parse().unwrap();
+        assert_eq!(
+            checks[0].probes.iter().map(|p| (p.port, p.from)).collect::<Vec<_>>(),
+            [(8081, from), (15020, from)]
+        );
         let text = crate::check::render(&checks);
+        assert!(text.contains("port 8081   plaintext from 10.76.0.2 (kubelet probe)"), "{text}");
         assert!(text.contains("details.bookinfo.svc.cluster.local:81") && text.contains("DISABLE"), "{text}");
         let outbound = &checks[0].outbound;
         let port80 = outbound.iter().find(|o| o.service.ends_with(":80")).unwrap();

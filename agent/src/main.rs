@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
@@ -6,9 +6,11 @@ use lockmesh::{
     agent::{self, AgentOptions},
     audit::AuditOptions,
     ca_service::{self, CaServiceOptions},
-    cli::{AgentArgs, AuditCommand, CaCommand, CaServeArgs, Cli, Command, LogFormat},
+    cli::{AgentArgs, AuditCommand, CaCommand, CaServeArgs, Cli, Command, DoctorArgs, LogFormat},
     cmd,
+    doctor::{self, DoctorOptions, DoctorSource},
     flows::FlowLimits,
+    host,
     identity::{self, IdentityOptions, remote::RemoteCaOptions},
     kernel::{self, DatapathOptions},
     kube::KubeOptions,
@@ -50,6 +52,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Flows(args) => cmd::flows::run(*args).await,
         Command::Check(args) => cmd::check::run(args).await,
         Command::Graph(args) => cmd::graph::run(args).await,
+        Command::Doctor(args) => run_doctor(args),
         Command::Audit(AuditCommand::Verify { files, pubkey }) => cmd::audit::verify(&files, pubkey),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             identity::ca::init(&dir, &trust_domain)?;
@@ -95,7 +98,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     let cgroup = match args.cgroup {
         Some(path) => path,
-        None => cgroup2_root()?,
+        None => host::cgroup2_root()?,
     };
     let remote_ca = match (args.ca_url, args.ca_root, args.ca_token) {
         (Some(url), Some(root), Some(token)) => Some(RemoteCaOptions { url, root, token }),
@@ -147,18 +150,35 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// The cgroup v2 root: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
-    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        let is_v2 =
-            nix::sys::statfs::statfs(candidate).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
-        if is_v2 {
-            return Ok(PathBuf::from(candidate));
-        }
+fn run_doctor(args: DoctorArgs) -> anyhow::Result<()> {
+    let source = match (args.config, args.kube) {
+        (Some(dir), _) => DoctorSource::Dir(dir),
+        (None, true) => DoctorSource::Kube(args.kubeconfig),
+        (None, false) => DoctorSource::Unspecified,
+    };
+    let report = doctor::run(&DoctorOptions {
+        cgroup: args.cgroup,
+        bpffs_dir: args.bpffs_dir,
+        source,
+        proc_root: args.proc_root,
+        netns_dir: args.netns_dir,
+        ca: args.ca,
+        state_dir: args.state_dir,
+        osrelease: "/proc/sys/kernel/osrelease".into(),
+        proc_status: "/proc/self/status".into(),
+        btf: "/sys/kernel/btf/vmlinux".into(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", doctor::render(&report));
     }
-    Err(anyhow::anyhow!("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified; pass --cgroup"))
-        .context("finding the cgroup v2 root")
+    if !report.ok {
+        let missing: Vec<&str> =
+            report.findings.iter().filter(|f| f.required && !f.ok).map(|f| f.name).collect();
+        bail!("missing: {}", missing.join(", "));
+    }
+    Ok(())
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {

@@ -35,6 +35,16 @@ pub struct Workload {
     pub addresses: Vec<Ipv4Addr>,
     /// Path of the workload's network namespace (needed only on its own node).
     pub netns: Option<PathBuf>,
+    /// Ports the kubelet probes, and from where: plaintext from there to there passes STRICT.
+    pub probes: Vec<ProbeExemption>,
+}
+
+/// A port of a workload that its node's kubelet probes in plaintext (liveness, readiness or
+/// startup probe: `httpGet`, `tcpSocket`, `grpc`), and the node address the probes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProbeExemption {
+    pub port: u16,
+    pub from: Ipv4Addr,
 }
 
 impl Workload {

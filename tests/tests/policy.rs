@@ -264,3 +264,67 @@ fn strict_holds_while_the_agent_is_down_and_a_new_agent_takes_over() {
     let ready: Value = agent2.get("/readyz").unwrap().json().unwrap();
     assert!(ready["kernel"]["strict_resets"].as_u64().unwrap_or(0) >= 6, "{ready}");
 }
+
+/// curl from the node's own address (as the kubelet probes); returns curl's exit code.
+fn curl_from_node(tb: &Testbed, node: &str, url: &str) -> i32 {
+    let node = tb.node(node);
+    let output = lockmesh_tests::netns::command_in(&node.netns_path(), "curl")
+        .unwrap()
+        .args(["-sS", "--max-time", "5", "--interface", &node.wire_ip.to_string(), url])
+        .output()
+        .unwrap();
+    output.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn kubelet_probes_pass_strict_from_their_node_to_their_port_only() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    let (details, node2) = (tb.pod("details").ip, tb.node("node2").wire_ip);
+    // details declares a probe on 8081 from node2 (what --kube derives from the Pod's probes).
+    let workloads = std::fs::read_to_string(config.join("workloads.yaml")).unwrap();
+    let probed = workloads.replace(
+        &format!("addresses: [{details}],"),
+        &format!("addresses: [{details}], probes: [{{port: 8081, from: {node2}}}],"),
+    );
+    assert_ne!(probed, workloads, "details' Workload not found");
+    apply(&config, "workloads.yaml", &probed);
+    apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
+    // The flag exempts a source for every pod (dst 0 in the map): still honoured next to probes.
+    let outsider = tb.pod("outsider").ip;
+    let flag = format!("{outsider}:9000");
+    let agent2 = Agent::start(&tb, "node2", &config, &["--strict-exempt", &flag]).unwrap();
+    let (_app, probe, _echo) = (
+        tb.serve("details", 8080).unwrap(),
+        tb.serve("details", 8081).unwrap(),
+        tb.serve("details", 9000).unwrap(),
+    );
+    let url = |port: u16| format!("http://{details}:{port}/");
+
+    assert_eq!(curl_from_node(&tb, "node2", &url(8081)), 0, "the node's probe of 8081 must pass STRICT");
+    let peers = probe.peers();
+    assert!(
+        peers.len() == 1 && peers[0].starts_with(&format!("{node2}:")),
+        "the probe reached the app: {peers:?}"
+    );
+    assert!(
+        matches!(curl_from_node(&tb, "node2", &url(8080)), 7 | 56),
+        "the node to a port it does not probe must be reset"
+    );
+    assert!(
+        matches!(curl(&tb, "outsider", &url(8081)).0, 7 | 56),
+        "another pod to the probe port must be reset"
+    );
+    assert_eq!(probe.accepted(), 1, "the app saw a plaintext client other than its probe");
+    assert!(
+        matches!(curl_from_node(&tb, "node1", &url(8081)), 7 | 56),
+        "another node to the probe port must be reset"
+    );
+    assert_eq!(curl(&tb, "outsider", &url(9000)).0, 0, "--strict-exempt IP:PORT still passes");
+
+    let check = agent2.cli(&["check", "bookinfo/details"]).unwrap();
+    assert!(check.contains(&format!("port 8081   plaintext from {node2} (kubelet probe)")), "{check}");
+    // Dropping the probe from the Workload closes the port again, live.
+    apply(&config, "workloads.yaml", &workloads);
+    until("probe exemption removed", || curl_from_node(&tb, "node2", &url(8081)) != 0);
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: everything a developer or CI does with lockmesh, one command each.
 mod bench;
 mod demo;
+mod manifests;
 mod setup;
 mod step;
 mod testbed;
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker), mount bpffs.
+    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker, the manifest
+    /// tools' venv), mount bpffs.
     /// Idempotent: says what it did and skips what is already there.
     Setup,
     /// Build the agent (with its eBPF programs embedded) and the test app.
@@ -45,7 +47,11 @@ enum Task {
         #[command(subcommand)]
         action: testbed::Action,
     },
-    /// Run every test: unit tests and the privileged end-to-end tests on real testbeds (root).
+    /// Render deploy/ with kubectl kustomize and validate it offline (strict Kubernetes schemas,
+    /// JSON schemas of the SCC and the CRDs). Part of `test`.
+    Manifests,
+    /// Run every test: the manifest checks, unit tests and the privileged end-to-end tests on
+    /// real testbeds (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -70,6 +76,7 @@ fn main() {
         Task::Build { debug } => build(!debug).map(|_| ()),
         Task::Run { args } => run(&args),
         Task::Testbed { action } => testbed::run(action),
+        Task::Manifests => manifests::run(),
         Task::Test { args } => test(&args),
         Task::Demo { keep } => demo::run(keep),
         Task::Bench(args) => bench::run(args),
@@ -133,6 +140,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // Privileged tests never skip: without root they would fail, so say it up front.
     require_root("the end-to-end tests (network namespaces, eBPF)")?;
     setup::check_test_prerequisites()?;
+    manifests::run()?;
     let binaries = build(true)?;
     let root = workspace_root();
     step::run("running unit and end-to-end tests", || {

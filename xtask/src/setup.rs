@@ -32,6 +32,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    manifest_tools()?;
     eprintln!("setup complete");
     Ok(())
 }
@@ -108,6 +109,27 @@ fn bpffs() -> anyhow::Result<()> {
     })
 }
 
+/// The venv of `cargo xtask manifests` (kubectl, kubernetes-validate), pinned by
+/// deploy/schemas/requirements.txt; redone only when that file changes.
+fn manifest_tools() -> anyhow::Result<()> {
+    let venv = crate::manifests::venv();
+    let requirements = crate::manifests::requirements();
+    let wanted = std::fs::read_to_string(&requirements)?;
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        step::note(&format!("manifest tools: {}", venv.display()));
+        return Ok(());
+    }
+    step::run("installing the manifest tools (kubectl, kubernetes-validate) into a venv", || {
+        sh(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+        sh(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted)?;
+        Ok(())
+    })
+}
+
 fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
@@ -142,4 +164,28 @@ pub fn check_test_prerequisites() -> anyhow::Result<()> {
         bail!("bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` first");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The image builds with what setup installs here: the same eBPF toolchain.
+    #[test]
+    fn containerfile_matches_setup() {
+        let root = crate::workspace_root();
+        let containerfile = std::fs::read_to_string(root.join("Containerfile")).unwrap();
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let rust_version = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("rust-version = "))
+            .map(|v| v.trim_matches('"'))
+            .unwrap();
+        assert!(containerfile.contains(&format!("rust:{rust_version}-bookworm")), "stable {rust_version}");
+        assert!(containerfile.contains(&format!("bpf-linker --version {BPF_LINKER_VERSION}")));
+        assert!(containerfile.contains("--component rust-src"));
+        for package in APT_PACKAGES.iter().take_while(|p| !p.starts_with("iproute2")) {
+            assert!(containerfile.contains(package), "{package} missing from the Containerfile");
+        }
+    }
 }

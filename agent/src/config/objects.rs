@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
 use super::ConfigError;
-use crate::model::{DestinationRule, ObjectKey, PeerAuthentication, Service, Workload};
+use crate::model::{DestinationRule, ObjectKey, PeerAuthentication, ProbeExemption, Service, Workload};
 
 pub const LOCKMESH_API: &str = "lockmesh.io/v1alpha1";
 
@@ -250,6 +250,16 @@ struct WorkloadSpec {
     addresses: Vec<Ipv4Addr>,
     #[serde(default)]
     netns: Option<PathBuf>,
+    /// What `--kube` computes from a Pod's probes: ports its node's kubelet probes in plaintext.
+    #[serde(default)]
+    probes: Vec<ProbeDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeDoc {
+    port: u16,
+    from: Ipv4Addr,
 }
 
 pub type FieldError = (String, String);
@@ -277,6 +287,21 @@ impl WorkloadDoc {
         {
             return Err(("spec.netns".into(), format!("{} is not an absolute path", netns.display())));
         }
+        let mut probes = Vec::new();
+        for (i, probe) in self.spec.probes.iter().enumerate() {
+            if probe.port == 0 {
+                return Err((format!("spec.probes[{i}].port"), "must be a port number (1-65535)".into()));
+            }
+            if probe.from.is_unspecified() || probe.from.is_multicast() || probe.from.is_broadcast() {
+                return Err((
+                    format!("spec.probes[{i}].from"),
+                    format!("{} cannot be a node address", probe.from),
+                ));
+            }
+            probes.push(ProbeExemption { port: probe.port, from: probe.from });
+        }
+        probes.sort();
+        probes.dedup();
         Ok(Workload {
             key,
             labels: self.metadata.labels,
@@ -284,6 +309,7 @@ impl WorkloadDoc {
             service_account,
             addresses: self.spec.addresses,
             netns: self.spec.netns,
+            probes,
         })
     }
 }

@@ -322,7 +322,8 @@ impl Datapath {
 /// anti-spoofing guards (bpffs refuses names with dots).
 const LINKS_DIR: &str = "links";
 /// Version of the maps' layout (their key and value types, the counters); bump it when they
-/// change. 2: `POD_SOURCES` and the `SPOOF_DROPS` counter.
+/// change. 2: `POD_SOURCES`, the `SPOOF_DROPS` counter, and `ExemptKey` gained the destination
+/// pod (probe exemptions are per pod).
 const MAP_LAYOUT: u32 = 2;
 const GUARD_PREFIX: &str = "strict-";
 const ANTISPOOF_PREFIX: &str = "antispoof-";

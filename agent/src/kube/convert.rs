@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
 use kube::api::DynamicObject;
 use serde::Serialize;
 
+use super::probes::probe_exemptions;
 use crate::{
     config::{self, FieldError, Warning},
     model::{ClusterState, ObjectKey, Workload},
@@ -44,8 +45,12 @@ pub fn namespace_enrolled(namespace: &Namespace) -> bool {
 
 /// The workload a pod is, if it is one: its namespace is enrolled, it did not opt out, it does
 /// not share the node's network, it is not finished and it has an IPv4 address. Returns the pod's
-/// UID too (to find its network namespace); `netns` is left empty.
-pub fn pod_workload(pod: &Pod, enrolled_namespaces: &BTreeSet<String>) -> Option<(String, Workload)> {
+/// UID too (to find its network namespace; `netns` is left empty), and the problems with its
+/// probes (a probe whose port cannot be resolved gets no exemption).
+pub fn pod_workload(
+    pod: &Pod,
+    enrolled_namespaces: &BTreeSet<String>,
+) -> Option<(String, Workload, Vec<String>)> {
     let meta = &pod.metadata;
     let namespace = meta.namespace.as_ref()?;
     let spec = pod.spec.as_ref()?;
@@ -64,6 +69,7 @@ pub fn pod_workload(pod: &Pod, enrolled_namespaces: &BTreeSet<String>) -> Option
     if addresses.is_empty() {
         return None;
     }
+    let (probes, probe_problems) = probe_exemptions(pod);
     let workload = Workload {
         key: ObjectKey::new(namespace.clone(), meta.name.clone()?),
         labels: meta.labels.clone().unwrap_or_default(),
@@ -71,8 +77,9 @@ pub fn pod_workload(pod: &Pod, enrolled_namespaces: &BTreeSet<String>) -> Option
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".to_string()),
         addresses,
         netns: None,
+        probes,
     };
-    Some((meta.uid.clone().unwrap_or_default(), workload))
+    Some((meta.uid.clone().unwrap_or_default(), workload, probe_problems))
 }
 
 fn dedup_keep_order(addresses: &mut Vec<Ipv4Addr>) {
@@ -97,7 +104,14 @@ pub fn cluster_state(
         .filter_map(|ns| ns.metadata.name.clone())
         .collect();
     let mut workloads: BTreeMap<ObjectKey, (String, Workload)> = BTreeMap::new();
-    for (uid, workload) in objects.pods.iter().filter_map(|pod| pod_workload(pod, &enrolled)) {
+    for (uid, workload, probe_problems) in objects.pods.iter().filter_map(|pod| pod_workload(pod, &enrolled))
+    {
+        // Only this node's agent enforces a pod's STRICT: the others keep quiet about its probes.
+        let local_problems = if workload.node == node { probe_problems } else { Vec::new() };
+        problems.extend(local_problems.into_iter().map(|message| Problem {
+            warning: true,
+            message: format!("Pod {}: {message}; that probe is not exempt from STRICT", workload.key),
+        }));
         workloads.insert(workload.key.clone(), (uid, workload));
     }
     let local: Vec<String> =

@@ -7,6 +7,7 @@
 //! ([`procfs`]). Watches resync with kube-runtime's default backoff after errors; every change
 //! (debounced) yields a whole new snapshot.
 pub mod convert;
+pub mod probes;
 pub mod procfs;
 
 use std::{fmt::Debug, hash::Hash, path::PathBuf, sync::Arc, time::Duration};
@@ -239,9 +240,7 @@ impl Trim for DynamicObject {}
 impl Trim for Pod {
     fn trim(&mut self) {
         if let Some(spec) = &mut self.spec {
-            spec.containers.clear();
-            spec.init_containers = None;
-            spec.ephemeral_containers = None;
+            probes::trim_containers(spec);
             spec.volumes = None;
             spec.affinity = None;
             spec.tolerations = None;

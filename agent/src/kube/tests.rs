@@ -134,9 +134,33 @@ async fn serve(mut handle: Handle, responses: BTreeMap<String, Value>, add_pod: 
     }
 }
 
+/// The local pod's containers and node address, as the API server returns them: an httpGet
+/// liveness probe on a named port, a tcpSocket readiness probe, a grpc startup probe on a
+/// sidecar, an exec probe (no port).
+fn local_probes() -> Value {
+    json!({
+        "spec": {"containers": [{
+            "name": "app", "image": "registry.test/app:1",
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                      {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
+                              "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
+            "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 5},
+        }, {
+            "name": "helper", "image": "registry.test/helper:1",
+            "livenessProbe": {"exec": {"command": ["/bin/true"]}},
+        }],
+        "initContainers": [{
+            "name": "sidecar", "image": "registry.test/sidecar:1", "restartPolicy": "Always",
+            "startupProbe": {"grpc": {"port": 9090, "service": "health"}},
+        }]},
+        "status": {"hostIP": "192.168.10.1", "hostIPs": [{"ip": "192.168.10.1"}, {"ip": "fd00::10"}]},
+    })
+}
+
 fn responses() -> BTreeMap<String, Value> {
     let enrolled = json!({"istio.io/dataplane-mode": "ambient"});
-    let mut local = pod("mesh", "a", "node1", Some("10.0.0.1"), json!({}));
+    let mut local = pod("mesh", "a", "node1", Some("10.0.0.1"), local_probes());
     local["metadata"]["uid"] = json!(LOCAL_UID);
     let pods = vec![
         local,
@@ -233,6 +257,10 @@ async fn api_objects_become_the_same_cluster_state_as_the_config_dir() {
     assert_eq!(a.labels.get("app").map(String::as_str), Some("a"));
     assert_eq!(a.netns.as_deref(), Some(proc_root.path().join("4242/ns/net").as_path()));
     assert_eq!(state.workloads[1].netns, None, "remote pods need no netns");
+    let node = Ipv4Addr::new(192, 168, 10, 1);
+    let probes: Vec<(u16, Ipv4Addr)> = a.probes.iter().map(|p| (p.port, p.from)).collect();
+    assert_eq!(probes, [(8080, node), (8443, node), (9090, node)], "from the Pod's probes");
+    assert!(state.workloads[1].probes.is_empty(), "no probes declared");
 
     // The same documents through the config dir give the same objects.
     let dir = tempfile::tempdir().unwrap();

@@ -108,13 +108,17 @@ pub mod strict {
     pub const ALLOW: u32 = 2;
 }
 
-/// Key of the `STRICT_EXEMPT` map: plaintext from `src_ip4` to `port` (0: any port) of a STRICT
-/// pod is let through (health probes from the node).
+/// Key of the `STRICT_EXEMPT` map: plaintext from `src_ip4` to `port` of the pod `dst_ip4` is let
+/// through although STRICT. A pod's probe ports are exempt for its node's address only
+/// (`dst_ip4` = the pod); `--strict-exempt` sources have `dst_ip4` 0 (every pod), and `port` 0
+/// there means every port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ExemptKey {
     /// Network byte order.
     pub src_ip4: u32,
+    /// Network byte order; 0: any pod.
+    pub dst_ip4: u32,
     pub port: u16,
     pub _pad: u16,
 }

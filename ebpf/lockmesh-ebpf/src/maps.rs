@@ -37,7 +37,8 @@ pub static ORIG_DST_BY_PORT: LruHashMap<PortKey, OrigDst> = LruHashMap::with_max
 #[map(name = "STRICT")]
 pub static STRICT: HashMap<StrictKey, u32> = HashMap::with_max_entries(65_536, 0);
 
-/// Sources allowed to reach STRICT ports in plaintext (health probes).
+/// Sources allowed to reach STRICT ports in plaintext (pods' probe ports from their node,
+/// `--strict-exempt`).
 #[map(name = "STRICT_EXEMPT")]
 pub static STRICT_EXEMPT: HashMap<ExemptKey, u32> = HashMap::with_max_entries(4096, 0);
 

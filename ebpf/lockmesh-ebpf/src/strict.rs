@@ -1,8 +1,8 @@
 //! In-kernel STRICT: at TC egress of an enrolled pod's host-side veth (every packet heading into
 //! the pod), a plaintext TCP SYN to a port the agent marked STRICT is rewritten into a RST|ACK
 //! and sent back where it came from, so the client fails at once and the app never sees it.
-//! The tunnel port (15008) always passes, as do exempted sources (health probes); traffic
-//! inside the pod (loopback) never crosses the veth.
+//! The tunnel port (15008) always passes, as do exempted sources (a pod's kubelet probes from its
+//! node, `--strict-exempt`); traffic inside the pod (loopback) never crosses the veth.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
@@ -53,7 +53,7 @@ fn check(ctx: &TcContext) -> Result<i32, i64> {
     }
     let src_port = u16::from_be(ctx.load::<u16>(tcp)?);
     let dst_port = u16::from_be(ctx.load::<u16>(tcp + 2)?);
-    if dst_port == engine::HBONE_PORT || !is_strict(dst_ip, dst_port) || is_exempt(src_ip, dst_port) {
+    if dst_port == engine::HBONE_PORT || !is_strict(dst_ip, dst_port) || is_exempt(src_ip, dst_ip, dst_port) {
         return Ok(TC_ACT_OK);
     }
     report(dst_ip, dst_port, src_ip, src_port);
@@ -75,12 +75,19 @@ fn is_strict(ip4: u32, port: u16) -> bool {
     mode == Some(strict::RESET)
 }
 
+/// Exempt: this source to this pod and port (a probe), or this source to any pod on this port or
+/// on every port (`--strict-exempt`).
 #[inline(always)]
-fn is_exempt(src_ip4: u32, port: u16) -> bool {
-    let exact = ExemptKey { src_ip4, port, _pad: 0 };
-    let any = ExemptKey { src_ip4, port: 0, _pad: 0 };
+fn is_exempt(src_ip4: u32, dst_ip4: u32, port: u16) -> bool {
+    let probe = ExemptKey { src_ip4, dst_ip4, port, _pad: 0 };
+    let any_pod = ExemptKey { src_ip4, dst_ip4: 0, port, _pad: 0 };
+    let any_port = ExemptKey { src_ip4, dst_ip4: 0, port: 0, _pad: 0 };
     // SAFETY: plain values, only tested for presence.
-    unsafe { STRICT_EXEMPT.get(&exact).is_some() || STRICT_EXEMPT.get(&any).is_some() }
+    unsafe {
+        STRICT_EXEMPT.get(&probe).is_some()
+            || STRICT_EXEMPT.get(&any_pod).is_some()
+            || STRICT_EXEMPT.get(&any_port).is_some()
+    }
 }
 
 #[inline(always)]
