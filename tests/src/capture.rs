@@ -55,10 +55,10 @@ impl Capture {
         self.process.stop();
         // A capture that missed packets proves nothing about what crossed the wire.
         let log = self.process.log();
-        if let Some(line) = log.lines().find(|l| l.contains("dropped by kernel")) {
-            if !line.trim_start().starts_with("0 ") {
-                bail!("tcpdump missed packets ({line}); the capture cannot be trusted");
-            }
+        if let Some(line) = log.lines().find(|l| l.contains("dropped by kernel"))
+            && !line.trim_start().starts_with("0 ")
+        {
+            bail!("tcpdump missed packets ({line}); the capture cannot be trusted");
         }
         let bytes = std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))?;
         let summary = std::process::Command::new("tcpdump")
