@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "stunnel4",
     "haproxy",
     "openssl",
+    // cargo xtask manifests: kubectl (kustomize) and kubernetes-validate live in a venv.
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
