@@ -372,8 +372,9 @@ pub struct AgentArgs {
     pub hbone_idle_timeout: Duration,
 
     /// Inbound tunnel streams one peer identity (SPIFFE ID) may have open at once, over all its
-    /// HBONE connections; more are answered 429 and recorded as denied flows.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    /// HBONE connections; more are answered 429 and recorded as denied flows. High by default:
+    /// busy clients legitimately hold thousands of connections to one peer (a connection pool).
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_peer: u32,
 
     /// On SIGTERM, how long open tunneled connections may finish before the agent exits.
