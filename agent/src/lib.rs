@@ -20,6 +20,7 @@ pub mod identity;
 pub mod inventory;
 pub mod kernel;
 pub mod kube;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod netns;

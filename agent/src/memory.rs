@@ -1,0 +1,55 @@
+//! Gives memory back to the system after a burst of connections ends. glibc keeps freed heap in
+//! its per-thread arenas; without a trim, an agent that once held 10 000 connections keeps their
+//! memory for good, which reads as a leak on the node.
+
+/// Trims the heap when the number of open flows fell far enough below its peak since the last
+/// trim: cheap when nothing happened, and never during a burst.
+#[derive(Debug, Default)]
+pub struct Trimmer {
+    peak: usize,
+}
+
+/// Open flows that must have ended since the peak before a trim is worth its cost (it walks
+/// every arena).
+const ENDED_BEFORE_TRIM: usize = 1024;
+
+impl Trimmer {
+    /// Called periodically with the number of open flows; trims when worth it. Returns whether
+    /// it trimmed.
+    pub fn observe(&mut self, open: usize) -> bool {
+        self.peak = self.peak.max(open);
+        if self.peak - open < ENDED_BEFORE_TRIM {
+            return false;
+        }
+        self.peak = open;
+        trim();
+        true
+    }
+}
+
+#[cfg(target_env = "gnu")]
+fn trim() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
+    let released = unsafe { libc::malloc_trim(0) };
+    tracing::debug!(released = released != 0, "heap trimmed after connections ended");
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_once_a_burst_has_ended_and_not_before() {
+        let mut trimmer = Trimmer::default();
+        assert!(!trimmer.observe(10));
+        assert!(!trimmer.observe(5000), "growing");
+        assert!(!trimmer.observe(4000), "fewer than the threshold ended");
+        assert!(trimmer.observe(3000), "2000 ended since the peak");
+        assert!(!trimmer.observe(2500), "the peak restarted at the trim");
+        assert!(trimmer.observe(0));
+        assert!(!trimmer.observe(0));
+    }
+}
