@@ -1,11 +1,12 @@
 //! Appends the audit log: one line per finished flow, chained, rotated by size, checkpointed,
 //! and recovered after a restart (even `kill -9`).
 use std::{
+    collections::HashSet,
     fs::{File, OpenOptions},
     io::{Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::{Mutex, mpsc},
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -55,6 +56,8 @@ pub struct AuditLog {
     last_checkpoint: Instant,
     last_sync: Instant,
     dirty: bool,
+    /// See [`Recovered::recent_flows`].
+    written_before_restart: HashSet<String>,
 }
 
 /// Where the chain stands in the files on disk.
@@ -64,7 +67,15 @@ pub struct Recovered {
     pub next_seq: u64,
     /// Bytes of a partial last line (a write torn by a crash) in the active file.
     pub torn: Option<u64>,
+    /// Ids of the last flows written: after a crash the kernel can hand the agent the event of
+    /// a flow already in the log again (killed between the write and taking the event off the
+    /// ring), and it must not be logged twice.
+    pub recent_flows: HashSet<String>,
 }
+
+/// How many of the last flow lines [`Recovered::recent_flows`] holds; replays can only be of
+/// flows written in the last moments before a crash.
+const RECENT_FLOWS: usize = 1024;
 
 impl AuditLog {
     /// Opens (or creates) the log, continuing the chain of what is on disk. A torn last line
@@ -101,10 +112,15 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             dirty: false,
+            written_before_restart: recovered.recent_flows,
         })
     }
 
     pub fn append_flow(&mut self, record: &FlowRecord) -> anyhow::Result<()> {
+        if self.written_before_restart.remove(&record.id) {
+            tracing::debug!(flow = %record.id, "flow already in the audit log (event replayed after a restart)");
+            return Ok(());
+        }
         let line = AuditLine {
             seq: self.next_seq,
             prev: self.head.clone(),
@@ -272,9 +288,15 @@ pub fn recover(path: &Path) -> anyhow::Result<Recovered> {
         let Some(seq) = seq else {
             bail!("{}: no readable audit line at its end; move it aside", candidate.display())
         };
-        return Ok(Recovered { head: hash_hex(last), next_seq: seq + 1, torn });
+        let recent_flows = lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_slice::<AuditLine>(line).ok()?.flow.map(|f| f.id))
+            .take(RECENT_FLOWS)
+            .collect();
+        return Ok(Recovered { head: hash_hex(last), next_seq: seq + 1, torn, recent_flows });
     }
-    Ok(Recovered { head: GENESIS.to_string(), next_seq: 1, torn })
+    Ok(Recovered { head: GENESIS.to_string(), next_seq: 1, torn, recent_flows: HashSet::new() })
 }
 
 const TAIL: u64 = 4 << 20;
@@ -295,52 +317,60 @@ fn read_tail(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
     Ok(Some((tail, len)))
 }
 
-enum Message {
-    Flow(Box<FlowRecord>),
-    Shutdown,
+/// The audit log shared by everything that finishes flows. Each record is written (one
+/// `write(2)`) before `closed` returns, so a kernel event is taken off the ring only once its
+/// line is in the file: a `kill -9` loses no record. A thread does the batched fsyncs and the
+/// time-based checkpoints.
+pub struct AuditSink {
+    log: Arc<Mutex<AuditLog>>,
+    stop: mpsc::Sender<()>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// The audit log's writer thread, fed by the flow sink.
-pub struct AuditSink {
-    tx: mpsc::Sender<Message>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+fn locked(log: &Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {
+    // A panic while holding the lock leaves the log as consistent as a crash would: go on.
+    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl AuditSink {
-    pub fn start(mut log: AuditLog) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
+    pub fn start(log: AuditLog) -> anyhow::Result<Self> {
+        let log = Arc::new(Mutex::new(log));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let shared = log.clone();
+        let ticker = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
             loop {
-                let result = match rx.recv_timeout(BATCH_SYNC) {
-                    Ok(Message::Flow(record)) => log.append_flow(&record),
-                    Ok(Message::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        if let Err(e) = log.close() {
+                match stopped.recv_timeout(BATCH_SYNC) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = locked(&shared).tick() {
+                            tracing::error!(error = %format!("{e:#}"), "audit log write failed");
+                        }
+                    }
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        if let Err(e) = locked(&shared).close() {
                             tracing::error!(error = %format!("{e:#}"), "closing the audit log");
                         }
                         return;
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
-                };
-                if let Err(e) = result.and_then(|()| log.tick()) {
-                    tracing::error!(error = %format!("{e:#}"), "audit log write failed");
                 }
             }
         })?;
-        Ok(Self { tx, thread: Mutex::new(Some(thread)) })
+        Ok(Self { log, stop, ticker: Mutex::new(Some(ticker)) })
     }
 
-    /// Writes what is queued, a final checkpoint, and waits for the disk.
+    /// A final checkpoint, and waits for the disk.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Message::Shutdown);
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
+        let _ = self.stop.send(());
+        if let Some(ticker) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
+            let _ = ticker.join();
         }
     }
 }
 
 impl FlowObserver for AuditSink {
     fn closed(&self, record: &FlowRecord, _was_open: bool) {
-        let _ = self.tx.send(Message::Flow(Box::new(record.clone())));
+        if let Err(e) = locked(&self.log).append_flow(record) {
+            tracing::error!(error = %format!("{e:#}"), flow = %record.id, "audit log write failed");
+        }
     }
 }
 

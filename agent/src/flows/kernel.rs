@@ -52,15 +52,9 @@ impl KernelFlows {
             event_kind::RESET => self.reset(&event),
             event_kind::CLOSE => {
                 let end = self.clock.wall(event.ts_ns);
-                self.sink.close(event.sock_cookie, |record| {
-                    // The kernel counts per socket; records count client → server. A client
-                    // socket's `bytes_acked` also counts its SYN.
-                    let (to_server, to_client) = match record.reporter {
-                        Reporter::Source => (event.bytes_sent.saturating_sub(1), event.bytes_received),
-                        Reporter::Destination => (event.bytes_received, event.bytes_sent),
-                    };
-                    record.close(end, to_server, to_client);
-                });
+                if !self.sink.close(event.sock_cookie, |record| close_record(record, &event, end)) {
+                    self.close_without_open(&event, end);
+                }
             }
             other => tracing::debug!(kind = other, "unknown kernel event kind"),
         }
@@ -90,6 +84,20 @@ impl KernelFlows {
         Some(record)
     }
 
+    /// A close whose open this agent never saw (a previous agent took it out of the ring before
+    /// it stopped): the close event carries the start and the role, so the record is whole and
+    /// the audit log misses no connection across a restart.
+    fn close_without_open(&self, event: &FlowEvent, end: OffsetDateTime) {
+        // Established before the observer tracked it (or its start aged out): nothing to name.
+        if event.start_ns == 0 || event.role == 0 {
+            return;
+        }
+        let opened = FlowEvent { ts_ns: event.start_ns, ..*event };
+        let Some(mut record) = self.open_record(&opened) else { return };
+        close_record(&mut record, event, end);
+        self.sink.recovered(record);
+    }
+
     /// A plaintext SYN the kernel answered with a RST because the port is STRICT.
     fn reset(&self, event: &FlowEvent) {
         let pod_ip = Ipv4Addr::from(u32::from_be(event.local_ip4));
@@ -110,4 +118,14 @@ impl KernelFlows {
         record.close(at, 0, 0);
         self.sink.finished(record);
     }
+}
+
+/// The final fields of a record from its CLOSE event. The kernel counts per socket; records
+/// count client → server. A client socket's `bytes_acked` also counts its SYN.
+fn close_record(record: &mut FlowRecord, event: &FlowEvent, end: OffsetDateTime) {
+    let (to_server, to_client) = match record.reporter {
+        Reporter::Source => (event.bytes_sent.saturating_sub(1), event.bytes_received),
+        Reporter::Destination => (event.bytes_received, event.bytes_sent),
+    };
+    record.close(end, to_server, to_client);
 }

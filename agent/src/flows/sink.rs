@@ -114,23 +114,35 @@ impl FlowSink {
         }
     }
 
-    /// Closes an open flow; `finish` sets its final fields.
-    pub fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) {
+    /// Closes an open flow; `finish` sets its final fields. False when no such flow is open.
+    pub fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> bool {
         let closed = self.table.lock().ok().and_then(|mut table| table.close(key, finish));
-        if let Some(record) = closed {
-            for observer in self.observers.iter() {
-                observer.closed(&record, true);
-            }
+        let Some(record) = closed else { return false };
+        for observer in self.observers.iter() {
+            observer.closed(&record, true);
         }
+        true
     }
 
     /// Stores a flow that was over when it was reported (a denial, a reset).
     pub fn finished(&self, record: FlowRecord) {
-        for observer in self.observers.iter() {
-            observer.closed(&record, false);
-        }
+        self.notify_finished(&record);
         if let Ok(mut table) = self.table.lock() {
             table.insert_closed(record);
+        }
+    }
+
+    /// Stores a flow rebuilt from its close event alone (its open was never seen here).
+    pub fn recovered(&self, record: FlowRecord) {
+        self.notify_finished(&record);
+        if let Ok(mut table) = self.table.lock() {
+            table.insert_recovered(record);
+        }
+    }
+
+    fn notify_finished(&self, record: &FlowRecord) {
+        for observer in self.observers.iter() {
+            observer.closed(record, false);
         }
     }
 }

@@ -31,8 +31,11 @@ pub struct FlowStats {
     /// Closed flows dropped from the recent list because it was full.
     pub evicted_closed: u64,
     /// Close events for connections the table never saw open (opened before the agent ran, or
-    /// evicted).
+    /// evicted, or their open event was dropped), recovered ones included.
     pub unmatched_closes: u64,
+    /// Of those, closes made into whole records from the close event itself (it carries the
+    /// start and the side): the open went to a previous agent or was dropped.
+    pub recovered_closes: u64,
 }
 
 /// Open flows keyed by an id the reporter chooses (the kernel socket cookie), in arrival order.
@@ -86,6 +89,12 @@ impl FlowTable {
 
     /// Records a flow that is already over when reported (a reset, a denial).
     pub fn insert_closed(&mut self, record: FlowRecord) {
+        self.push_closed(record);
+    }
+
+    /// Stores a flow rebuilt from a close event that matched no open flow.
+    pub fn insert_recovered(&mut self, record: FlowRecord) {
+        self.stats.recovered_closes += 1;
         self.push_closed(record);
     }
 

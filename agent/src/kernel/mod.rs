@@ -323,8 +323,9 @@ impl Datapath {
 const LINKS_DIR: &str = "links";
 /// Version of the maps' layout (their key and value types, the counters); bump it when they
 /// change. 2: `POD_SOURCES`, the `SPOOF_DROPS` counter, and `ExemptKey` gained the destination
-/// pod (probe exemptions are per pod).
-const MAP_LAYOUT: u32 = 2;
+/// pod (probe exemptions are per pod). 3: `FLOW_STARTS`, and CLOSE events carry `start_ns` and
+/// the role.
+const MAP_LAYOUT: u32 = 3;
 const GUARD_PREFIX: &str = "strict-";
 const ANTISPOOF_PREFIX: &str = "antispoof-";
 /// Links on pod interfaces: kept until this agent guards the interface again.

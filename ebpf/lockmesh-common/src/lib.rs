@@ -18,6 +18,7 @@ pub mod maps {
     pub const STRICT: &str = "STRICT";
     pub const STRICT_EXEMPT: &str = "STRICT_EXEMPT";
     pub const POD_SOURCES: &str = "POD_SOURCES";
+    pub const FLOW_STARTS: &str = "FLOW_STARTS";
     /// Every map, all pinned per node by the agent.
     pub const ALL: &[&str] = &[
         ENROLLED,
@@ -30,6 +31,7 @@ pub mod maps {
         STRICT,
         STRICT_EXEMPT,
         POD_SOURCES,
+        FLOW_STARTS,
     ];
 }
 
@@ -195,6 +197,19 @@ pub struct FlowEvent {
     pub bytes_sent: u64,
     /// Payload bytes this socket received (final on CLOSE; without the FIN).
     pub bytes_received: u64,
+    /// On CLOSE: when the connection was established (`bpf_ktime_get_ns`), with its `role`, so
+    /// that a close whose open went to a previous agent still makes a whole record (0: unknown).
+    pub start_ns: u64,
+}
+
+/// When a tracked connection was established and from which side (value of `FLOW_STARTS`, by
+/// socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStart {
+    pub ts_ns: u64,
+    pub role: u32,
+    pub _pad: u32,
 }
 
 /// Indexes into the per-CPU `COUNTERS` array.
@@ -231,6 +246,8 @@ mod user {
     unsafe impl aya::Pod for super::EnrolledPod {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowStart {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CaptureKey {}
     // SAFETY: as above.

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use lockmesh_common::{CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, SourceKey, StrictKey, counter};
+use lockmesh_common::{
+    CaptureKey, EnrolledPod, ExemptKey, FlowStart, OrigDst, PortKey, SourceKey, StrictKey, counter,
+};
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
 #[map(name = "ENROLLED")]
@@ -18,6 +20,12 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// the peer's FIN arrived afterwards (the kernel counts it in `bytes_received`).
 #[map(name = "FIN_WAIT2_RCV_NXT")]
 pub static FIN_WAIT2_RCV_NXT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// When each tracked connection was established and from which side, by socket cookie: its
+/// CLOSE event carries them, so the record is whole even when a restarted agent missed the OPEN.
+/// LRU: a socket whose close was never seen ages out.
+#[map(name = "FLOW_STARTS")]
+pub static FLOW_STARTS: LruHashMap<u64, FlowStart> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Which destinations each policy class of pods has captured into the engine.
 #[map(name = "CAPTURE")]

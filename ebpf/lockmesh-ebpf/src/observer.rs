@@ -12,9 +12,9 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use lockmesh_common::{FlowEvent, PortKey, counter, engine, event_kind, role, tcp_state};
+use lockmesh_common::{FlowEvent, FlowStart, PortKey, counter, engine, event_kind, role, tcp_state};
 
-use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled};
+use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, FLOW_STARTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled};
 
 /// Reads a context field with a load of its own: clang would otherwise merge loads of
 /// neighbouring fields into a computed-offset access the verifier rejects ("dereference of
@@ -105,6 +105,7 @@ fn event(ctx: &SockOpsContext, kind: u32, role: u32, local: u32, remote: u32) ->
         _pad: 0,
         bytes_sent: 0,
         bytes_received: 0,
+        start_ns: 0,
     }
 }
 
@@ -155,7 +156,10 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
     // Ask for state callbacks on this socket so its close is reported.
     let _ = ctx.set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     count(counter::FLOWS_OPENED);
-    emit(&event(ctx, event_kind::OPEN, role, local, remote));
+    let open = event(ctx, event_kind::OPEN, role, local, remote);
+    let start = FlowStart { ts_ns: open.ts_ns, role, _pad: 0 };
+    let _ = FLOW_STARTS.insert(&open.sock_cookie, &start, 0);
+    emit(&open);
 }
 
 /// `SO_MARK` of the socket (0 when the context has no full socket).
@@ -209,6 +213,12 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     };
     let mut ev = event(ctx, event_kind::CLOSE, 0, local, remote);
     let (fin_acked, fin_received) = fins(ctx, old, ev.sock_cookie);
+    // SAFETY: plain data copied out at once.
+    if let Some(start) = unsafe { FLOW_STARTS.get(&ev.sock_cookie) }.copied() {
+        ev.start_ns = start.ts_ns;
+        ev.role = start.role;
+        let _ = FLOW_STARTS.remove(&ev.sock_cookie);
+    }
     ev.bytes_sent = ctx_field!(ctx, bytes_acked).saturating_sub(fin_acked);
     ev.bytes_received = ctx_field!(ctx, bytes_received).saturating_sub(fin_received);
     count(counter::FLOWS_CLOSED);
