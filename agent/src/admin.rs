@@ -38,6 +38,9 @@ pub struct Readiness {
     pub config_loaded: AtomicBool,
     /// Kernel maps and engine listeners reflect the loaded config (at least once).
     pub datapath_synced: AtomicBool,
+    /// Configs (first load and every change) whose kernel maps and listeners are in place: a
+    /// tool that edited the config waits for this to move before relying on the edit.
+    pub configs_applied: AtomicU64,
     pub config_errors: Mutex<Vec<String>>,
     pub kernel_counters: Mutex<CounterValues>,
     /// Flow events the agent took out of the kernel's ring buffer (those the kernel could not
@@ -102,6 +105,7 @@ struct ReadyDetail {
     programs_attached: bool,
     config_loaded: bool,
     datapath_synced: bool,
+    configs_applied: u64,
     config_errors: Vec<String>,
     kernel: CounterValues,
     kernel_events_received: u64,
@@ -117,6 +121,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         programs_attached: r.programs_attached.load(Ordering::Acquire),
         config_loaded: r.config_loaded.load(Ordering::Acquire),
         datapath_synced: r.datapath_synced.load(Ordering::Acquire),
+        configs_applied: r.configs_applied.load(Ordering::Acquire),
         config_errors: r.config_errors.lock().map(|e| e.clone()).unwrap_or_default(),
         kernel: r.kernel_counters.lock().map(|c| *c).unwrap_or_default(),
         kernel_events_received: r.kernel_events_received.load(Ordering::Relaxed),

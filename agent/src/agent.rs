@@ -238,17 +238,6 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     observers.extend(audit.clone().map(|a| a as Arc<dyn FlowObserver>));
     let sink = FlowSink::new(table.clone(), inventory.clone()).with_observers(observers);
     let kernel_flows = KernelFlows::new(sink.clone());
-    let events_seen = readiness.clone();
-    let mut event_task = tokio::spawn(async move {
-        loop {
-            events
-                .next_batch(|event| {
-                    events_seen.kernel_events_received.fetch_add(1, Ordering::Relaxed);
-                    kernel_flows.handle(event)
-                })
-                .await?;
-        }
-    });
 
     let mut node = Node {
         engine: Engine::new(
@@ -298,7 +287,21 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let Some(first) = source.next_state().await else { anyhow::bail!("{} ended", options.source) };
     reload(first, &mut state);
     node.apply(&state).await?;
+    readiness.configs_applied.fetch_add(1, Ordering::AcqRel);
     node.datapath.release_inherited_guards();
+    // Kernel events only now, with the inventory that names them: after a restart the ring holds
+    // what the kernel reported while no agent ran, and each of those must become a record.
+    let events_seen = readiness.clone();
+    let mut event_task = tokio::spawn(async move {
+        loop {
+            events
+                .next_batch(|event| {
+                    events_seen.kernel_events_received.fetch_add(1, Ordering::Relaxed);
+                    kernel_flows.handle(event)
+                })
+                .await?;
+        }
+    });
     // Ready only now: a connection made after /readyz says so is steered and observed.
     readiness.datapath_synced.store(true, Ordering::Release);
     tracing::info!(node = %options.node, source = %options.source, "agent ready");
@@ -306,12 +309,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut tick = tokio::time::interval(RETRY_EVERY);
+    let mut trimmer = crate::memory::Trimmer::default();
     loop {
         tokio::select! {
             update = source.next_state() => {
                 let Some(update) = update else { anyhow::bail!("{} ended", options.source) };
                 reload(update, &mut state);
                 node.apply(&state).await?;
+                readiness.configs_applied.fetch_add(1, Ordering::AcqRel);
             }
             _ = tick.tick() => {
                 if node.enrolment.has_pending() || node.enrolment.pods().count() > 0 {
@@ -321,6 +326,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 match counters.read() {
                     Ok(values) => if let Ok(mut c) = readiness.kernel_counters.lock() { *c = values },
                     Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
+                }
+                if let Some(open) = table.lock().ok().map(|t| t.stats().open) {
+                    trimmer.observe(open);
                 }
             }
             result = &mut event_task => {

@@ -36,7 +36,62 @@ impl App {
     }
 }
 
+/// One request of a `load` client (see the test app).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LoadRecord {
+    /// When the request started, in ms since the epoch.
+    pub t: u64,
+    /// How long it took.
+    pub ms: f64,
+    /// The client's local port (0 when connect failed).
+    pub port: u16,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// A `load` client running in a pod until its stop file appears.
+pub struct Load {
+    app: App,
+    stop_file: PathBuf,
+}
+
+impl Load {
+    /// Every request so far.
+    pub fn records(&self) -> Vec<LoadRecord> {
+        self.app.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Stops the client (it finishes its current request) and returns every request.
+    pub fn stop(mut self) -> anyhow::Result<Vec<LoadRecord>> {
+        std::fs::write(&self.stop_file, b"stop").context("writing the load client's stop file")?;
+        let code = self.app.process.wait_timeout(Duration::from_secs(10))?;
+        if code != Some(0) {
+            bail!("the load client ended with {code:?}: {}", self.app.log());
+        }
+        Ok(self.records())
+    }
+}
+
 impl Testbed {
+    /// A client in `pod` that sends one `GET /` per connection to `to` every `interval_ms`,
+    /// logging each request, until [`Load::stop`].
+    pub fn load_client(&self, pod: &str, to: SocketAddr, interval_ms: u64) -> anyhow::Result<Load> {
+        let label = format!("load-{}-{}", to.ip(), to.port());
+        let stop_file = self.work_dir.join(format!("{pod}-{label}.stop"));
+        let _ = std::fs::remove_file(&stop_file);
+        let args = [
+            "load".to_string(),
+            "--connect".into(),
+            to.to_string(),
+            "--stop-file".into(),
+            stop_file.to_string_lossy().into_owned(),
+            "--interval-ms".into(),
+            interval_ms.to_string(),
+        ];
+        let app = self.start_app(pod, &args, &label)?;
+        Ok(Load { app, stop_file })
+    }
+
     fn app_binary(&self) -> anyhow::Result<PathBuf> {
         match &self.app_binary {
             Some(path) => Ok(path.clone()),

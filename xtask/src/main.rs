@@ -1,5 +1,6 @@
 //! `cargo xtask …`: everything a developer or CI does with lockmesh, one command each.
 mod bench;
+mod chaos;
 mod demo;
 mod manifests;
 mod setup;
@@ -67,6 +68,10 @@ enum Task {
     /// Benchmark lockmesh against plaintext, stunnel4 and HAProxy on a two-node testbed (root):
     /// throughput, latency, connection rate, CPU per GB, memory; writes bench/results/.
     Bench(bench::Args),
+    /// The chaos suite on real testbeds (root): the agent killed, upgraded and reconfigured
+    /// under a plaintext hammer and in-mesh load, certificates rotating under load, thousands
+    /// of connections coming and going; prints a summary table. Short form by default (CI).
+    Chaos(chaos::Args),
 }
 
 fn main() {
@@ -80,6 +85,7 @@ fn main() {
         Task::Test { args } => test(&args),
         Task::Demo { keep } => demo::run(keep),
         Task::Bench(args) => bench::run(args),
+        Task::Chaos(args) => chaos::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

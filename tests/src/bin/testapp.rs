@@ -9,7 +9,12 @@
 //! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200 [--parallel 16]  # many open connections
 //! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024 [--count N]
 //! lockmesh-testapp pingpong --connect 10.77.2.2:9001 --bytes 1 --millis 2000   # RTT percentiles
+//! lockmesh-testapp load --connect 10.77.2.2:8080 --stop-file F [--interval-ms 2]  # one line per request
 //! ```
+//! `load` (against `serve`): until the stop file exists, one `GET /` with `Connection: close` per
+//! connection, then `--interval-ms`; logs each as `{"t": start (ms since the epoch), "ms": took,
+//! "port": local port, "ok": 200 received, "error": kind}` (the chaos tests judge leaks and
+//! outage windows from these).
 //! `pingpong` (against `echo --stream`): one connection, TCP_NODELAY, send N bytes, wait for the N
 //! echoed bytes, again; prints round-trip percentiles in µs after a short warm-up.
 //! `connrate` (against `echo`): each of N threads loops connect, send, half-close, read the echo
@@ -53,7 +58,7 @@ fn run() -> anyhow::Result<()> {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
         bail!(
-            "usage: lockmesh-testapp serve|echo|get|send|hold|connrate|pingpong [flags] (see the source header)"
+            "usage: lockmesh-testapp serve|echo|get|send|hold|connrate|pingpong|load [flags] (see the source header)"
         );
     }
     let command = argv.remove(0);
@@ -88,6 +93,11 @@ fn run() -> anyhow::Result<()> {
             Duration::from_millis(args.number("--millis", 1000)?),
             args.number("--bytes", 1024)? as usize,
             args.number("--count", u64::MAX)?,
+        ),
+        "load" => load(
+            args.required("--connect")?.parse()?,
+            std::path::PathBuf::from(args.required("--stop-file")?),
+            Duration::from_millis(args.number("--interval-ms", 2)?),
         ),
         other => bail!("unknown command {other}"),
     }
@@ -387,6 +397,34 @@ fn one_transaction(addr: SocketAddr, request: &[u8]) -> std::io::Result<bool> {
         }
         got += n;
     }
+}
+
+/// One logged `GET /` per connection until `stop_file` appears (or an hour passes).
+fn load(addr: SocketAddr, stop_file: std::path::PathBuf, interval: Duration) -> anyhow::Result<()> {
+    log_line(serde_json::json!({"event": "listening", "load": addr.to_string()}));
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !stop_file.exists() && Instant::now() < deadline {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        let started = Instant::now();
+        let mut port = 0;
+        let result = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut stream| {
+            port = stream.local_addr()?.port();
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n")?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            Ok(response.starts_with(b"HTTP/1.1 200"))
+        });
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (ok, error) = match result {
+            Ok(true) => (true, None),
+            Ok(false) => (false, Some("bad response".to_string())),
+            Err(e) => (false, Some(format!("{:?}", e.kind()))),
+        };
+        log_line(serde_json::json!({"t": t, "ms": ms, "port": port, "ok": ok, "error": error}));
+        std::thread::sleep(interval);
+    }
+    Ok(())
 }
 
 /// `concurrency` threads each run transactions back to back for `duration`.

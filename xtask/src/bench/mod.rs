@@ -3,7 +3,7 @@
 //! interleaved round-robin, medians of the repetitions; a markdown table, an SVG chart and a
 //! JSON file under `bench/results/`.
 mod measures;
-mod report;
+pub mod report;
 mod variants;
 
 use std::{
