@@ -9,6 +9,7 @@ pub mod app;
 pub mod apps;
 pub mod browser;
 pub mod capture;
+pub mod hbone;
 pub mod http;
 pub mod netns;
 pub mod process;

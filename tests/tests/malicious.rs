@@ -174,3 +174,116 @@ fn engine_ports_refuse_plaintext_foreign_certificates_and_hbone_to_the_engine_it
     agent2.wait_ready(WAIT).unwrap();
     assert_eq!(tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap()["status"], 200);
 }
+
+/// A valid mesh certificate (productpage's identity, signed by the testbed's CA), as a pod
+/// outside the mesh would hold after stealing it; the chain file has the leaf first.
+fn stolen_certificate(tb: &Testbed) -> (PathBuf, PathBuf) {
+    let ca = tb.work_dir.join("shared-ca");
+    let dir = tb.work_dir.join("stolen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, csr, leaf, ext) =
+        (dir.join("key.pem"), dir.join("csr.pem"), dir.join("leaf.pem"), dir.join("ext.cnf"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=URI:spiffe://cluster.local/ns/bookinfo/sa/productpage\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth,serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    openssl(&[
+        os("req"),
+        os("-new"),
+        os("-newkey"),
+        os("ec"),
+        os("-pkeyopt"),
+        os("ec_paramgen_curve:prime256v1"),
+        os("-nodes"),
+        os("-subj"),
+        os("/O=stolen"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        csr.as_os_str(),
+    ]);
+    let (ca_cert, ca_key) = (ca.join("ca-cert.pem"), ca.join("ca-key.pem"));
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        csr.as_os_str(),
+        os("-CA"),
+        ca_cert.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-set_serial"),
+        os("4242"),
+        os("-days"),
+        os("1"),
+        os("-extfile"),
+        ext.as_os_str(),
+        os("-out"),
+        leaf.as_os_str(),
+    ]);
+    let chain = dir.join("chain.pem");
+    let mut pem = std::fs::read_to_string(&leaf).unwrap();
+    pem.push_str(&std::fs::read_to_string(ca.join("cert-chain.pem")).unwrap());
+    std::fs::write(&chain, pem).unwrap();
+    (chain, key)
+}
+
+#[test]
+fn hbone_with_a_stolen_mesh_certificate_reaches_only_the_app_ports_of_the_pod_it_dialled() {
+    use lockmesh_tests::hbone::{Answer, call};
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    let mut agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
+    let mut agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let (_details, _ratings) = (tb.serve("details", 8080).unwrap(), tb.serve("ratings", 8080).unwrap());
+    let (cert, key) = stolen_certificate(&tb);
+    let details = tb.pod("details").ip;
+    let hbone = std::net::SocketAddr::new(details.into(), 15008);
+    let outsider = tb.pod("outsider").netns_path();
+    let hbone_call =
+        |method: &str, authority: &str| call(&outsider, hbone, &cert, &key, method, authority).unwrap();
+
+    // The control: the certificate is valid, so the engine serves its own pod's app port (the
+    // identity is authenticated; what it may reach is policy). The refusals below are real.
+    match hbone_call("CONNECT", &format!("{details}:8080")) {
+        Answer::Status(200, Some(answer)) => assert!(answer.starts_with("HTTP/1.1 200"), "{answer}"),
+        other => panic!("CONNECT to details' app port: {other:?}"),
+    }
+    let node2 = tb.node("node2").wire_ip;
+    let refused = [
+        // Another pod on the same node, a pod on another node, an address nobody has.
+        format!("{}:8080", tb.pod("ratings").ip),
+        format!("{}:8080", tb.pod("productpage").ip),
+        "10.255.255.1:80".to_string(),
+        // The pod's loopback, the node (its admin endpoint), the engine's own ports.
+        "127.0.0.1:8080".to_string(),
+        format!("{node2}:15000"),
+        format!("{details}:15001"),
+        format!("{details}:15008"),
+        format!("{details}:0"),
+        // Names, not addresses: the engine never resolves what a peer asks for.
+        "details.bookinfo.svc.cluster.local:8080".to_string(),
+    ];
+    for authority in &refused {
+        assert_eq!(hbone_call("CONNECT", authority), Answer::Status(400, None), "CONNECT {authority}");
+    }
+    assert_eq!(hbone_call("GET", &format!("{details}:8080")), Answer::Status(405, None));
+
+    // Each refusal is a denied flow with its reason; nothing crashed or wedged.
+    let outsider_ip = tb.pod("outsider").ip.to_string();
+    let flows = agent2
+        .wait_for_flows(WAIT, |flows| denied_from(flows, &outsider_ip, "HBONE") > refused.len())
+        .unwrap();
+    assert!(denied_from(&flows, &outsider_ip, "is not a workload of this pod") >= 5, "{flows:#?}");
+    assert!(denied_from(&flows, &outsider_ip, "is not an app port") >= 3, "{flows:#?}");
+    assert!(denied_from(&flows, &outsider_ip, "is not CONNECT") == 1, "{flows:#?}");
+    assert!(agent1.process().is_running() && agent2.process().is_running());
+    agent2.wait_ready(WAIT).unwrap();
+    assert_eq!(tb.get("productpage", addr(&tb, "details", 8080), "/").unwrap()["status"], 200);
+}
