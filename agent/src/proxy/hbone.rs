@@ -143,7 +143,10 @@ impl Pool {
                 match self.reserve(key) {
                     Some(c) => c,
                     None => {
-                        let connection = Arc::new(self.dial(key, sockets).await?);
+                        // Boxed: the dial (TLS handshake, HTTP/2 setup) is the largest state
+                        // of this future, and inline it would size every tunneled connection's
+                        // task for its whole life (≈12 KiB per idle connection).
+                        let connection = Arc::new(Box::pin(self.dial(key, sockets)).await?);
                         connection.active.fetch_add(1, Ordering::AcqRel);
                         if let Ok(mut map) = self.connections.lock() {
                             map.entry(key.clone()).or_default().push(connection.clone());
