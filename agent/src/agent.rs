@@ -191,6 +191,7 @@ impl Node {
 }
 
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    crate::resources::raise_fd_limit();
     let readiness = Arc::new(Readiness::default());
     let identities = Arc::new(Identities::new(&options.identity).context("setting up workload identities")?);
     let mut renewal = tokio::spawn(identities.clone().renew_forever());
@@ -309,7 +310,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut tick = tokio::time::interval(RETRY_EVERY);
-    let mut trimmer = crate::memory::Trimmer::default();
+    let mut trimmer = crate::resources::Trimmer::default();
     loop {
         tokio::select! {
             update = source.next_state() => {

@@ -1,6 +1,7 @@
-//! Gives memory back to the system after a burst of connections ends. glibc keeps freed heap in
-//! its per-thread arenas; without a trim, an agent that once held 10 000 connections keeps their
-//! memory for good, which reads as a leak on the node.
+//! The agent's process resources: enough file descriptors for a busy node, and memory given back
+//! after a burst of connections ends (glibc keeps freed heap in its per-thread arenas; without a
+//! trim, an agent that once held 10 000 connections keeps their memory for good, which reads as
+//! a leak on the node).
 
 /// Trims the heap when the number of open flows fell far enough below its peak since the last
 /// trim: cheap when nothing happened, and never during a burst.
@@ -24,6 +25,36 @@ impl Trimmer {
         self.peak = open;
         trim();
         true
+    }
+}
+
+/// File descriptors the agent allows itself: every tunneled connection holds one socket on each
+/// node, so the usual 1024 (or a container runtime's 20 000) would cap a node's connections far
+/// below what its memory allows. Raised to the kernel's ceiling (`fs.nr_open`), at most 2^20.
+pub fn raise_fd_limit() {
+    const WANTED: u64 = 1 << 20;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED)
+        .min(WANTED);
+    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with valid structs.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) != 0 {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: ceiling, rlim_max: ceiling.max(current.rlim_max) };
+        // Without CAP_SYS_RESOURCE the hard limit cannot move: take what it allows.
+        let fallback = libc::rlimit { rlim_cur: current.rlim_max, rlim_max: current.rlim_max };
+        let limit = if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            raised.rlim_cur
+        } else if libc::setrlimit(libc::RLIMIT_NOFILE, &fallback) == 0 {
+            fallback.rlim_cur
+        } else {
+            current.rlim_cur
+        };
+        tracing::info!(limit, "open files limit");
     }
 }
 
