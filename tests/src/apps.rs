@@ -115,6 +115,12 @@ impl Testbed {
         Ok(App { process })
     }
 
+    /// An async server in `pod` on `0.0.0.0:<port>` that answers each connection's first request
+    /// and then holds it: for tens of thousands of connections.
+    pub fn hold_server(&self, pod: &str, port: u16) -> anyhow::Result<App> {
+        self.start_app(pod, &["hold-server".into(), "--listen".into(), format!("0.0.0.0:{port}")], "hold")
+    }
+
     /// The HTTP test server in `pod` on `0.0.0.0:<port>`.
     pub fn serve(&self, pod: &str, port: u16) -> anyhow::Result<App> {
         let args =

@@ -263,7 +263,7 @@ fn hold(tb: &Testbed, pod: &str, to: SocketAddr, count: u64) -> ChildGuard {
     command.args(["hold", "--connect", &to.to_string(), "--count", &count.to_string()]);
     command.args(["--seconds", "3600", "--parallel", "16"]);
     let mut hold = ChildGuard::spawn("hold", command, tb.work_dir.join("hold.log")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(line) = hold.log().lines().find(|l| l.contains("\"holding\"")) {
             let result: Value = serde_json::from_str(line).unwrap();
@@ -281,18 +281,24 @@ fn open_flows(agent: &Agent) -> u64 {
 
 #[test]
 fn thousands_of_tunneled_connections_come_and_go_without_leaks() {
-    let count: u64 = if full() { 10_000 } else { 2_000 };
+    let count: u64 = if full() { 50_000 } else { 5_000 };
     let tb = bookinfo();
     let config = tb.config_dir("config").unwrap();
     apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
     // Idle HBONE connections close after 3 s, so the pool's growth under load also returns; the
     // recent-flows history (bounded, kept by design) is full after the first burst.
-    let idle = ["--hbone-idle-timeout", "3s", "--max-closed-flows", "1000"];
+    // One client pod to one server pod: all its streams are one peer's, so the per-peer cap
+    // (16 384 by default) is raised for the full form's 50 000.
+    let args =
+        ["--hbone-idle-timeout", "3s", "--max-closed-flows", "1000", "--max-streams-per-peer", "65536"];
     let mut agents = [
-        Agent::start(&tb, "node1", &config, &idle).unwrap(),
-        Agent::start(&tb, "node2", &config, &idle).unwrap(),
+        Agent::start(&tb, "node1", &config, &args).unwrap(),
+        Agent::start(&tb, "node2", &config, &args).unwrap(),
     ];
-    let _details = tb.serve("details", 8080).unwrap();
+    // Enough ephemeral ports for the client, an async server (a thread per connection would
+    // exceed pid_max).
+    netns::sysctl(&tb.pod("productpage").netns_path(), "net/ipv4/ip_local_port_range", "1024 65535").unwrap();
+    let _details = tb.hold_server("details", 8080).unwrap();
     let target = addr(&tb, "details", 8080);
     // A first burst of the same size warms up what a node keeps by design (the recent-flows
     // history, allocator arenas, table capacity); a second burst must then leave nothing more.
@@ -345,11 +351,11 @@ fn thousands_of_tunneled_connections_come_and_go_without_leaks() {
         assert!(during[i].fds as u64 >= count, "{node}: the connections held no sockets? {row}");
         assert!(after[i].fds <= before[i].fds, "{node} leaked file descriptors: {row}");
         assert_eq!(flows_after[i], flows_before[i], "{node} kept flows open: {row}");
-        // Memory comes back to where the first burst left it (within 10% of what the
-        // connections took, and 2 MiB of allocator slack): repeated bursts do not accumulate.
+        // Memory comes back to where the first burst left it, up to allocator noise (a quarter
+        // of what the connections took, plus 4 MiB): repeated bursts do not accumulate.
         let grown = during[i].rss_kib.saturating_sub(before[i].rss_kib);
         let kept = after[i].rss_kib.saturating_sub(before[i].rss_kib);
-        assert!(kept <= grown / 10 + 2048, "{node} kept {kept} KiB of {grown} KiB: {row}");
+        assert!(kept <= grown / 4 + 4096, "{node} kept {kept} KiB of {grown} KiB: {row}");
     }
 }
 

@@ -9,6 +9,7 @@
 //! lockmesh-testapp hold --connect 10.77.2.2:8080 --count 200 [--parallel 16]  # many open connections
 //! lockmesh-testapp connrate --connect 10.77.2.2:9000 --concurrency 64 --millis 2000 --bytes 1024 [--count N]
 //! lockmesh-testapp pingpong --connect 10.77.2.2:9001 --bytes 1 --millis 2000   # RTT percentiles
+//! lockmesh-testapp hold-server --listen 0.0.0.0:8080              # async: answers, then holds
 //! lockmesh-testapp load --connect 10.77.2.2:8080 --stop-file F [--interval-ms 2]  # one line per request
 //! ```
 //! `load` (against `serve`): until the stop file exists, one `GET /` with `Connection: close` per
@@ -34,6 +35,7 @@ use lockmesh_tests::app::{MARKER, fill_pattern, hex};
 use sha2::{Digest as _, Sha256};
 
 fn main() {
+    raise_fd_limit();
     if let Err(e) = run() {
         eprintln!("lockmesh-testapp: {e:#}");
         std::process::exit(1);
@@ -94,6 +96,7 @@ fn run() -> anyhow::Result<()> {
             args.number("--bytes", 1024)? as usize,
             args.number("--count", u64::MAX)?,
         ),
+        "hold-server" => hold_server(args.required("--listen")?.parse()?),
         "load" => load(
             args.required("--connect")?.parse()?,
             std::path::PathBuf::from(args.required("--stop-file")?),
@@ -101,6 +104,42 @@ fn run() -> anyhow::Result<()> {
         ),
         other => bail!("unknown command {other}"),
     }
+}
+
+/// Tens of thousands of held connections need as many descriptors (root may raise the cap).
+fn raise_fd_limit() {
+    let wanted = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    // SAFETY: plain syscall with a valid struct; failure leaves the limit as it was.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) };
+}
+
+/// For tens of thousands of connections (a thread each would exceed `pid_max`): answers the
+/// first request of each connection with a 200, then holds it until the client closes.
+fn hold_server(listen: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        log_line(serde_json::json!({"event": "listening", "addr": listen.to_string()}));
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await.is_err() {
+                    return;
+                }
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    })
 }
 
 /// One JSON line per event on stdout (the test reads the app's log).
