@@ -265,6 +265,8 @@ fn response_flags(verdict: Verdict) -> &'static str {
 }
 
 /// A bounded `reason` label for a failed mTLS handshake, or `None` if `reason` is not one.
+/// The labels name what an operator fixes: the peer's identity, trust domain, CA, clock,
+/// certificate profile (usage, chain) or the network.
 pub fn handshake_failure(reason: &str) -> Option<&'static str> {
     if !reason.contains("handshake") {
         return None;
@@ -280,11 +282,17 @@ pub fn handshake_failure(reason: &str) -> Option<&'static str> {
         "expired"
     } else if has(&["not valid yet"]) {
         "not_yet_valid"
-    } else if has(&["timed out"]) {
+    } else if has(&["is not allowed for TLS", "key usage lacks"]) {
+        "wrong_usage"
+    } else if has(&["chain too long", "is not a CA certificate", "is a CA certificate"]) {
+        "bad_chain"
+    } else if has(&["no SPIFFE ID"]) {
+        "no_spiffe_id"
+    } else if has(&["timed out", "not done within"]) {
         "timeout"
     } else if has(&["alert"]) {
         "peer_refused"
-    } else if has(&["no certificate", "presented no certificate", "no SPIFFE ID"]) {
+    } else if has(&["no certificate", "presented no certificate"]) {
         "no_certificate"
     } else {
         "other"
@@ -398,6 +406,15 @@ mod tests {
             Some("untrusted_ca")
         );
         assert_eq!(handshake_failure("mTLS handshake timed out"), Some("timeout"));
+        // The inbound side's own timeout reason.
+        assert_eq!(
+            handshake_failure("handshake_timeout: mTLS handshake not done within 10s"),
+            Some("timeout")
+        );
+        assert_eq!(
+            handshake_failure("mTLS handshake with 10.0.0.2:15008: peer presented no certificate"),
+            Some("no_certificate")
+        );
         assert_eq!(handshake_failure("connect to 10.0.0.1:8080: refused"), None);
     }
 }

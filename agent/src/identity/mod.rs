@@ -28,7 +28,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer as _;
 
-pub use self::verify::{PeerCertError, spiffe_id_of};
+pub use self::verify::{MAX_INTERMEDIATES, PeerCertError, PeerRole, spiffe_id_of};
 use self::{
     issuer::Issuer,
     remote::RemoteCaOptions,
@@ -386,9 +386,20 @@ pub fn handshake_reason(error: &std::io::Error) -> String {
                 "peer certificate is not signed by a trusted CA (BadSignature)".into()
             }
             CertificateError::Expired => "peer certificate expired".into(),
+            CertificateError::ExpiredContext { time, not_after } => format!(
+                "peer certificate expired at {} ({} s ago)",
+                verify::rfc3339(seconds(*not_after)),
+                seconds(*time).saturating_sub(seconds(*not_after))
+            ),
             CertificateError::NotValidYet => "peer certificate not valid yet".into(),
-            CertificateError::InvalidPurpose => {
-                "peer certificate not allowed for this side (extended key usage)".into()
+            CertificateError::NotValidYetContext { time, not_before } => format!(
+                "peer certificate not valid yet: valid from {} (in {} s; clocks skewed?)",
+                verify::rfc3339(seconds(*not_before)),
+                seconds(*not_before).saturating_sub(seconds(*time))
+            ),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "peer certificate is not allowed for TLS authentication on this side (extended key usage)"
+                    .into()
             }
             other => format!("peer certificate refused: {other:?}"),
         },
@@ -399,5 +410,12 @@ pub fn handshake_reason(error: &std::io::Error) -> String {
     }
 }
 
+fn seconds(time: rustls::pki_types::UnixTime) -> i64 {
+    i64::try_from(time.as_secs()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod bad_cert_tests;

@@ -195,15 +195,13 @@ fn a_leaf_alone_signed_by_the_root_verifies() {
     let ca = ca::Ca::load_or_create_self_signed(&state.path().join("ca"), "cluster.local").unwrap();
     let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
     let now = rustls::pki_types::UnixTime::now();
-    let id = ids.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).unwrap();
+    let id = ids.trust.verify(&leaf.chain[0], &[], now, PeerRole::Client).unwrap();
     assert_eq!(id.to_string(), PP);
     // With a plug-in intermediate, the leaf alone does not lead to the root: refused.
     let dir = tempfile::tempdir().unwrap();
     let plugin = plugin_ca(dir.path());
     let ca = ca::Ca::load_plugin(dir.path()).unwrap();
     let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
-    assert!(plugin.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).is_err());
-    assert!(
-        plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, webpki::KeyUsage::client_auth()).is_ok()
-    );
+    assert!(plugin.trust.verify(&leaf.chain[0], &[], now, PeerRole::Client).is_err());
+    assert!(plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, PeerRole::Client).is_ok());
 }
