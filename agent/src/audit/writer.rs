@@ -5,7 +5,11 @@ use std::{
     io::{Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::{Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -16,7 +20,10 @@ use super::{
     chain::{AUDIT_SCHEMA, AuditLine, Checkpoint, GENESIS, hash_hex},
     key::{ALG, NodeKey},
 };
-use crate::flows::{FlowObserver, FlowRecord};
+use crate::{
+    bounds::TableStat,
+    flows::{FlowObserver, FlowRecord},
+};
 
 /// When the log reaches the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -300,19 +307,90 @@ enum Message {
     Shutdown,
 }
 
-/// The audit log's writer thread, fed by the flow sink.
+/// Finished flows queued for the writer thread at most (~5 s at 10 000 flows/s, a few tens of
+/// MiB); when the disk cannot keep up beyond that, new records are dropped and counted
+/// (`lockmesh_table_overflows_total{table="audit_queue"}`) rather than growing the agent's
+/// memory without bound.
+pub const AUDIT_QUEUE: usize = 65_536;
+
+/// The writer thread's queue: bounded, with its depth and drops counted.
+struct Queue {
+    tx: mpsc::SyncSender<Message>,
+    capacity: usize,
+    queued: Arc<AtomicUsize>,
+    dropped: AtomicU64,
+    /// Unix second of the last drop logged.
+    logged_at: AtomicU64,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> (Self, mpsc::Receiver<Message>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Self {
+            tx,
+            capacity,
+            queued: queued.clone(),
+            dropped: AtomicU64::new(0),
+            logged_at: AtomicU64::new(0),
+        };
+        (queue, rx, queued)
+    }
+
+    /// Queues a record, or drops it (counted, logged at most once a minute) when full.
+    fn push(&self, record: &FlowRecord) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(Message::Flow(Box::new(record.clone()))) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if now.saturating_sub(self.logged_at.swap(now, Ordering::Relaxed)) >= 60 {
+                    tracing::error!(
+                        dropped,
+                        queue = self.capacity,
+                        "audit log behind: its queue is full, finished flows are being dropped from the audit log (counted in lockmesh_table_overflows_total{{table=\"audit_queue\"}})"
+                    );
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn table(&self) -> TableStat {
+        TableStat::new(
+            self.queued.load(Ordering::Acquire),
+            self.capacity,
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The audit log's writer thread, fed by the flow sink through a bounded queue.
 pub struct AuditSink {
-    tx: mpsc::Sender<Message>,
+    queue: Queue,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AuditSink {
-    pub fn start(mut log: AuditLog) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::channel();
+    pub fn start(log: AuditLog) -> anyhow::Result<Self> {
+        Self::start_with_queue(log, AUDIT_QUEUE)
+    }
+
+    fn start_with_queue(mut log: AuditLog, capacity: usize) -> anyhow::Result<Self> {
+        let (queue, rx, queued) = Queue::new(capacity);
         let thread = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
             loop {
                 let result = match rx.recv_timeout(BATCH_SYNC) {
-                    Ok(Message::Flow(record)) => log.append_flow(&record),
+                    Ok(Message::Flow(record)) => {
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        log.append_flow(&record)
+                    }
                     Ok(Message::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                         if let Err(e) = log.close() {
                             tracing::error!(error = %format!("{e:#}"), "closing the audit log");
@@ -326,21 +404,62 @@ impl AuditSink {
                 }
             }
         })?;
-        Ok(Self { tx, thread: Mutex::new(Some(thread)) })
+        Ok(Self { queue, thread: Mutex::new(Some(thread)) })
     }
 
     /// Writes what is queued, a final checkpoint, and waits for the disk.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Message::Shutdown);
+        // Blocks while the queue is full: everything queued before is written first.
+        let _ = self.queue.tx.send(Message::Shutdown);
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
         }
+    }
+
+    /// The queue as a table: records waiting, its capacity, records dropped because it was full.
+    pub fn table(&self) -> TableStat {
+        self.queue.table()
     }
 }
 
 impl FlowObserver for AuditSink {
     fn closed(&self, record: &FlowRecord, _was_open: bool) {
-        let _ = self.tx.send(Message::Flow(Box::new(record.clone())));
+        self.queue.push(record);
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::audit::testutil::flow;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let (queue, rx, _) = Queue::new(3);
+        for id in 0..5 {
+            queue.push(&flow(id));
+        }
+        assert_eq!(queue.table(), TableStat::new(3, 3, 2));
+        // The writer takes one: room for one more.
+        assert!(matches!(rx.recv(), Ok(Message::Flow(_))));
+        queue.queued.fetch_sub(1, Ordering::AcqRel);
+        queue.push(&flow(9));
+        assert_eq!(queue.table(), TableStat::new(3, 3, 2));
+    }
+
+    #[test]
+    fn queued_records_are_written_and_the_queue_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::audit::testutil::options(&dir.path().join("audit.log"));
+        let key = crate::audit::NodeKey::load_or_create(dir.path()).unwrap();
+        let sink = AuditSink::start_with_queue(AuditLog::open(options, key).unwrap(), 8).unwrap();
+        for id in 0..4 {
+            sink.closed(&flow(id), true);
+        }
+        sink.shutdown();
+        assert_eq!(sink.table(), TableStat::new(0, 8, 0));
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert_eq!(text.lines().filter(|l| l.contains("\"flow\"")).count(), 4);
     }
 }
 

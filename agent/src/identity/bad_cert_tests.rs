@@ -329,7 +329,8 @@ async fn another_trust_domain_signed_by_our_own_ca_is_refused() {
 #[tokio::test]
 async fn a_leaf_needs_exactly_one_spiffe_uri() {
     let mesh = mesh();
-    let cases: [(&str, fn(&mut CertificateParams)); 4] = [
+    type Tweak = fn(&mut CertificateParams);
+    let cases: [(&str, Tweak); 4] = [
         ("no subjectAltName", |p| p.subject_alt_names.clear()),
         ("no URI SAN", |p| {
             p.subject_alt_names = vec![SanType::DnsName("details.bookinfo".try_into().unwrap())]
