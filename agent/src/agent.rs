@@ -118,6 +118,17 @@ impl Node {
         // out and the flag that raises it), counted, shown in /readyz and retried every second.
         let pods: HashMap<u64, String> =
             self.enrolment.pods().map(|p| (p.netns.cookie(), p.workload.key.to_string())).collect();
+        let by_ip: HashMap<u32, String> = self
+            .enrolment
+            .pods()
+            .flat_map(|p| {
+                p.workload.addresses.iter().map(|a| (u32::from(*a).to_be(), p.workload.key.to_string()))
+            })
+            .collect();
+        let named = |ip4: u32| match by_ip.get(&ip4) {
+            Some(pod) => format!("{pod} {}", ip(ip4)),
+            None => ip(ip4),
+        };
         let classes = &self.classes;
         let enrolled = self.enrolled_map.sync(&kernel.enrolled);
         let mut problems = vec![report_failures(
@@ -138,7 +149,7 @@ impl Node {
             &mut self.strict_map,
             &strict,
             "STRICT is not enforced in the kernel on these ports: plaintext reaches the app",
-            |k| format!("{}:{}", ip(k.ip4), any_port(k.port)),
+            |k| format!("{}:{}", named(k.ip4), any_port(k.port)),
         ));
         let exempt = self.exempt_map.sync(&kernel.exempt);
         problems.push(report_failures(
@@ -146,7 +157,7 @@ impl Node {
             &exempt,
             "these probe exemptions do not apply: the probes are reset under STRICT",
             |k| {
-                let pod = if k.dst_ip4 == 0 { "*".to_string() } else { ip(k.dst_ip4) };
+                let pod = if k.dst_ip4 == 0 { "*".to_string() } else { named(k.dst_ip4) };
                 format!("{} → {pod}:{}", ip(k.src_ip4), any_port(k.port))
             },
         ));
@@ -290,18 +301,18 @@ fn report_failures<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     }
     let problem = if outcome.full() {
         format!(
-            "kernel map {name} is full ({} of {} entries): {} entries not written ({}); {consequence}; raise {}",
+            "kernel map {name} is full ({} of {} entries): {} not written ({}); {consequence}; raise {}",
             outcome.entries,
             map.capacity(),
-            outcome.failed.len(),
+            entries(outcome.failed.len()),
             what.join(", "),
             crate::kernel::capacity_flag(name),
         )
     } else {
         let error = outcome.failed.first().map(|(_, e)| e.message.as_str()).unwrap_or_default();
         format!(
-            "kernel map {name}: {} entries not written ({}): {error}; {consequence}",
-            outcome.failed.len(),
+            "kernel map {name}: {} not written ({}): {error}; {consequence}",
+            entries(outcome.failed.len()),
             what.join(", ")
         )
     };
@@ -312,6 +323,10 @@ fn report_failures<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
         );
     }
     (name, Some(problem))
+}
+
+fn entries(n: usize) -> String {
+    if n == 1 { "1 entry".into() } else { format!("{n} entries") }
 }
 
 /// A network-order IPv4 address of a map key, for messages.
