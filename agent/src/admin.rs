@@ -1,6 +1,7 @@
 //! The admin endpoint: health, readiness, flows, metrics and the mesh picture over HTTP (default 127.0.0.1:15000, like
 //! Envoy's and ztunnel's admin ports).
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
@@ -23,12 +24,13 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
-    flows::{FlowStats, FlowTable},
+    bounds::{TableStat, Tables},
+    flows::{FOLLOW_BUFFER, FlowStats, FlowTable, MAX_FOLLOWERS},
     identity::{CertificateStatus, Identities},
     inventory::Inventory,
-    kernel::{CounterValues, ProgramRef},
-    metrics::Metrics,
-    proxy::hbone::Pool,
+    kernel::{CounterValues, MapStat, MapStats, ProgramRef},
+    metrics::{Bounds, Metrics},
+    proxy::{hbone::Pool, limits::Limiter},
 };
 
 /// What `/readyz` needs to know; updated by the agent as it starts and runs.
@@ -49,17 +51,52 @@ pub struct Readiness {
     pub programs: Mutex<Vec<ProgramRef>>,
     /// Set once the engine exists; read live so `/readyz` is never stale.
     pub engine: OnceLock<EngineHandles>,
+    /// The eBPF maps' figures, once loaded.
+    pub maps: OnceLock<MapStats>,
+    /// What each kernel map could not hold at its last sync, by map (see `agent::apply`).
+    pub kernel_map_errors: Mutex<BTreeMap<String, String>>,
 }
 
 pub struct EngineHandles {
     pub pool: Arc<Pool>,
     pub identities: Arc<Identities>,
+    pub limiter: Arc<Limiter>,
+    pub orig_dst_misses: Arc<AtomicU64>,
 }
 
 #[derive(Default, Serialize)]
 struct EngineStatus {
     hbone_connections: usize,
     certificates: Vec<CertificateStatus>,
+}
+
+/// Every bound the agent keeps, read now (for `/metrics` and `/readyz`).
+fn bounds(state: &AdminState) -> Bounds {
+    let r = &state.readiness;
+    let mut tables = Tables::new();
+    if let Ok(table) = state.flows.lock() {
+        let (stats, limits) = (table.stats(), table.limits());
+        tables.insert("flows_open", TableStat::new(stats.open, limits.max_open, stats.evicted_open));
+        tables.insert("flows_closed", TableStat::new(stats.closed, limits.max_closed, stats.evicted_closed));
+        tables.insert(
+            "flow_followers",
+            TableStat::new(stats.followers, MAX_FOLLOWERS, stats.followers_refused),
+        );
+        tables
+            .insert("flow_updates", TableStat::new(stats.follow_queued, FOLLOW_BUFFER, stats.follow_lagged));
+    }
+    let mut captured_without_destination = 0;
+    if let Some(engine) = r.engine.get() {
+        tables.insert("hbone_pool", engine.pool.table());
+        tables.extend(engine.limiter.tables());
+        tables.extend(engine.identities.tables());
+        captured_without_destination = engine.orig_dst_misses.load(Ordering::Relaxed);
+    }
+    Bounds {
+        maps: r.maps.get().map(MapStats::snapshot).unwrap_or_default(),
+        tables,
+        captured_without_destination,
+    }
 }
 
 impl Readiness {
@@ -112,10 +149,18 @@ struct ReadyDetail {
     programs: Vec<ProgramRef>,
     flows: FlowStats,
     engine: EngineStatus,
+    /// Every eBPF map: entries, capacity, refused writes.
+    kernel_maps: BTreeMap<String, MapStat>,
+    /// What full kernel maps could not hold (the agent keeps running and retries).
+    kernel_map_errors: BTreeMap<String, String>,
+    /// The agent's own tables: entries, capacity, overflows.
+    tables: BTreeMap<&'static str, TableStat>,
+    captured_without_destination: u64,
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     let r = &state.readiness;
+    let bounds = bounds(&state);
     let detail = ReadyDetail {
         ready: r.is_ready(),
         programs_attached: r.programs_attached.load(Ordering::Acquire),
@@ -131,6 +176,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             hbone_connections: e.pool.connection_count(),
             certificates: e.identities.certificates(),
         }),
+        kernel_maps: bounds.maps,
+        kernel_map_errors: r.kernel_map_errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        tables: bounds.tables,
+        captured_without_destination: bounds.captured_without_destination,
     };
     let status = if detail.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(detail)).into_response()
@@ -143,7 +192,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let kernel = r.kernel_counters.lock().map(|c| *c).unwrap_or_default();
     let certificates = r.engine.get().map(|e| e.identities.certificates()).unwrap_or_default();
     let received = r.kernel_events_received.load(Ordering::Relaxed);
-    let body = state.metrics.render(stats, kernel, received, &certificates);
+    let body = state.metrics.render(stats, kernel, received, &certificates, &bounds(&state));
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -230,18 +279,31 @@ async fn flows(State(state): State<AdminState>, Query(query): Query<FlowsQuery>)
         drop(table);
         return Json(snapshot).into_response();
     }
+    let mut table = table;
     // Subscribe before the snapshot so nothing falls between them.
-    let updates = table.subscribe();
+    let follower = match table.follow() {
+        Ok(follower) => follower,
+        Err(full) => {
+            drop(table);
+            tracing::warn!(error = %full, "refusing a /flows follower");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{full}; try again later\n")).into_response();
+        }
+    };
     let snapshot = if query.snapshot { table.snapshot() } else { Vec::new() };
     drop(table);
     let head = futures_util::stream::iter(snapshot.into_iter().map(Ok));
-    let tail = BroadcastStream::new(updates).filter_map(|item| async move {
-        match item {
-            Ok(record) => Some(Ok(record)),
-            // A slow reader lost records: say so in-band rather than silently.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "a /flows follower fell behind");
-                None
+    let lagged = follower.lagged;
+    let tail = BroadcastStream::new(follower.updates).filter_map(move |item| {
+        let lagged = lagged.clone();
+        async move {
+            match item {
+                Ok(record) => Some(Ok(record)),
+                // A slow reader lost records: counted (lockmesh_table_overflows_total{table="flow_updates"}) and logged.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(missed = n, "a /flows follower fell behind");
+                    None
+                }
             }
         }
     });

@@ -20,7 +20,10 @@ use crate::{
     flows::{FlowLimits, FlowObserver, FlowSink, FlowTable, KernelFlows},
     identity::{Identities, IdentityOptions},
     inventory::Inventory,
-    kernel::{CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, PodSourcesMap, StrictMap},
+    kernel::{
+        CaptureMap, Datapath, DatapathOptions, EnrolledMap, ExemptMap, PodSourcesMap, StrictMap, SyncOutcome,
+        SyncedMap,
+    },
     metrics::Metrics,
     model::{ClusterState, ObjectKey},
     podnet,
@@ -46,6 +49,8 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// HTTP/2 streams per HBONE connection.
     pub hbone_max_streams: u32,
+    /// Pooled outbound HBONE connections at most.
+    pub hbone_max_connections: usize,
     /// Bounds on inbound handshakes, idle HBONE connections and streams per peer.
     pub engine_limits: EngineLimits,
     /// Istio's root namespace and the cluster domain.
@@ -74,6 +79,8 @@ struct Node {
     /// Each enrolled pod's host-side interface carrying the STRICT guard, by pod and netns.
     guards: HashMap<ObjectKey, (u64, String)>,
     engine: Engine,
+    identities: Arc<Identities>,
+    readiness: Arc<Readiness>,
 }
 
 impl Node {
@@ -107,23 +114,71 @@ impl Node {
             &mut self.classes,
             &self.options.strict_exemptions,
         );
-        let (added, removed) = self.enrolled_map.sync(&kernel.enrolled)?;
-        let (captured, released) = self.capture_map.sync(&kernel.capture)?;
-        let (strict, relaxed) = self.strict_map.sync(&kernel.strict)?;
-        self.exempt_map.sync(&kernel.exempt)?;
-        if added + removed + captured + released + strict + relaxed > 0 {
+        // A map that is full keeps what fits; the rest is logged (naming the map, what is left
+        // out and the flag that raises it), counted, shown in /readyz and retried every second.
+        let pods: HashMap<u64, String> =
+            self.enrolment.pods().map(|p| (p.netns.cookie(), p.workload.key.to_string())).collect();
+        let by_ip: HashMap<u32, String> = self
+            .enrolment
+            .pods()
+            .flat_map(|p| {
+                p.workload.addresses.iter().map(|a| (u32::from(*a).to_be(), p.workload.key.to_string()))
+            })
+            .collect();
+        let named = |ip4: u32| match by_ip.get(&ip4) {
+            Some(pod) => format!("{pod} {}", ip(ip4)),
+            None => ip(ip4),
+        };
+        let classes = &self.classes;
+        let enrolled = self.enrolled_map.sync(&kernel.enrolled);
+        let mut problems = vec![report_failures(
+            &mut self.enrolled_map,
+            &enrolled,
+            "these pods' connections are neither steered into the engine nor observed",
+            |cookie| pods.get(cookie).cloned().unwrap_or_else(|| format!("netns {cookie}")),
+        )];
+        let capture = self.capture_map.sync(&kernel.capture);
+        problems.push(report_failures(
+            &mut self.capture_map,
+            &capture,
+            "connections to these destinations are not steered into the tunnel",
+            |k| format!("{} → {}:{}", classes.name_of(k.class).unwrap_or("?"), ip(k.ip4), any_port(k.port)),
+        ));
+        let strict = self.strict_map.sync(&kernel.strict);
+        problems.push(report_failures(
+            &mut self.strict_map,
+            &strict,
+            "STRICT is not enforced in the kernel on these ports: plaintext reaches the app",
+            |k| format!("{}:{}", named(k.ip4), any_port(k.port)),
+        ));
+        let exempt = self.exempt_map.sync(&kernel.exempt);
+        problems.push(report_failures(
+            &mut self.exempt_map,
+            &exempt,
+            "these probe exemptions do not apply: the probes are reset under STRICT",
+            |k| {
+                let pod = if k.dst_ip4 == 0 { "*".to_string() } else { named(k.dst_ip4) };
+                format!("{} → {pod}:{}", ip(k.src_ip4), any_port(k.port))
+            },
+        ));
+        self.set_map_problems(problems);
+        let changed = enrolled.added + capture.added + strict.added + exempt.added;
+        let removed = enrolled.removed + capture.removed + strict.removed + exempt.removed;
+        if changed + removed > 0 {
             tracing::info!(
-                enrolled = kernel.enrolled.len(),
-                capture = kernel.capture.len(),
-                strict = kernel.strict.len(),
-                changed = added + captured + strict,
-                removed = removed + released + relaxed,
+                enrolled = enrolled.entries,
+                capture = capture.entries,
+                strict = strict.entries,
+                changed,
+                removed,
                 "kernel maps updated"
             );
         }
         self.guard_pods().await;
-        self.guard_sources()?;
+        self.guard_sources();
         self.engine.retire(self.enrolment.pods()).await;
+        self.identities
+            .retain(self.enrolment.pods().map(|p| p.workload.identity(&self.options.trust_domain)));
         Ok(())
     }
 
@@ -167,27 +222,120 @@ impl Node {
 
 impl Node {
     /// Keeps the anti-spoofing guard on the interface of every pod the STRICT guard found:
-    /// first the allowed sources, then the program (which drops whatever is not listed).
-    fn guard_sources(&mut self) -> anyhow::Result<()> {
+    /// first the allowed sources, then the program (which drops whatever is not listed). A pod
+    /// whose sources did not fit in `POD_SOURCES` gets no new guard: it would drop all of the
+    /// pod's traffic (logged, counted, retried).
+    fn guard_sources(&mut self) {
         let mut interfaces = Vec::new();
         for pod in self.enrolment.pods() {
             let Some((_, interface)) = self.guards.get(&pod.workload.key) else { continue };
             match nix::net::if_::if_nametoindex(interface.as_str()) {
-                Ok(ifindex) => interfaces.push((ifindex, interface.clone(), &pod.workload.addresses[..])),
+                Ok(ifindex) => interfaces.push((
+                    ifindex,
+                    interface.clone(),
+                    pod.workload.key.to_string(),
+                    &pod.workload.addresses[..],
+                )),
                 // The pod is going away; its guards go with the next reconcile.
                 Err(e) => tracing::debug!(%interface, error = %e, "pod interface gone"),
             }
         }
-        let sources = desired::pod_sources(interfaces.iter().map(|(ifindex, _, addrs)| (*ifindex, *addrs)));
-        self.pod_sources_map.sync(&sources).context("updating POD_SOURCES")?;
-        for (_, interface, _) in interfaces {
+        let sources =
+            desired::pod_sources(interfaces.iter().map(|(ifindex, _, _, addrs)| (*ifindex, *addrs)));
+        let outcome = self.pod_sources_map.sync(&sources);
+        let pods: HashMap<u32, String> = interfaces.iter().map(|(i, _, pod, _)| (*i, pod.clone())).collect();
+        let problem = report_failures(
+            &mut self.pod_sources_map,
+            &outcome,
+            "anti-spoofing is not enforced for these pods",
+            |k| format!("{} {}", pods.get(&k.ifindex).map_or("?", String::as_str), ip(k.ip4)),
+        );
+        self.set_map_problems(vec![problem]);
+        let incomplete: std::collections::HashSet<u32> =
+            outcome.failed.iter().map(|(k, _)| k.ifindex).collect();
+        for (ifindex, interface, _, _) in interfaces {
+            if incomplete.contains(&ifindex) {
+                continue;
+            }
             if let Err(e) = self.datapath.guard_sources(&interface) {
                 // Retried on the next tick; the pod can spoof until then.
                 tracing::error!(%interface, error = %format!("{e:#}"), "cannot attach the anti-spoofing guard");
             }
         }
-        Ok(())
     }
+
+    /// Shows the maps' current problems in /readyz (a map without failures clears its entry).
+    fn set_map_problems(&self, problems: Vec<(&'static str, Option<String>)>) {
+        if let Ok(mut shown) = self.readiness.kernel_map_errors.lock() {
+            for (map, problem) in problems {
+                match problem {
+                    Some(problem) => shown.insert(map.to_string(), problem),
+                    None => shown.remove(map),
+                };
+            }
+        }
+    }
+}
+
+/// Logs what a sync could not write (at most once a minute while unchanged): the map, its
+/// capacity, what is left out and what that means, and the flag that raises the capacity.
+/// Returns the map's name and the problem for /readyz (`None`: everything fits).
+fn report_failures<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut SyncedMap<K, V>,
+    outcome: &SyncOutcome<K>,
+    consequence: &str,
+    describe: impl Fn(&K) -> String,
+) -> (&'static str, Option<String>) {
+    let name = map.name();
+    for (key, error) in &outcome.not_removed {
+        tracing::warn!(map = name, entry = %describe(key), %error, "cannot remove a stale kernel map entry");
+    }
+    if outcome.failed.is_empty() {
+        map.should_log_failures(0);
+        return (name, None);
+    }
+    const SHOWN: usize = 5;
+    let mut what: Vec<String> = outcome.failed.iter().take(SHOWN).map(|(k, _)| describe(k)).collect();
+    if outcome.failed.len() > SHOWN {
+        what.push(format!("and {} more", outcome.failed.len() - SHOWN));
+    }
+    let problem = if outcome.full() {
+        format!(
+            "kernel map {name} is full ({} of {} entries): {} not written ({}); {consequence}; raise {}",
+            outcome.entries,
+            map.capacity(),
+            entries(outcome.failed.len()),
+            what.join(", "),
+            crate::kernel::capacity_flag(name),
+        )
+    } else {
+        let error = outcome.failed.first().map(|(_, e)| e.message.as_str()).unwrap_or_default();
+        format!(
+            "kernel map {name}: {} not written ({}): {error}; {consequence}",
+            entries(outcome.failed.len()),
+            what.join(", ")
+        )
+    };
+    if map.should_log_failures(outcome.failed.len()) {
+        tracing::error!(
+            map = name,
+            "{problem} (retried every second; each refused write is counted in lockmesh_bpf_map_update_failures_total)"
+        );
+    }
+    (name, Some(problem))
+}
+
+fn entries(n: usize) -> String {
+    if n == 1 { "1 entry".into() } else { format!("{n} entries") }
+}
+
+/// A network-order IPv4 address of a map key, for messages.
+fn ip(ip4_be: u32) -> String {
+    std::net::Ipv4Addr::from(u32::from_be(ip4_be)).to_string()
+}
+
+fn any_port(port: u16) -> String {
+    if port == 0 { "*".into() } else { port.to_string() }
 }
 
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
@@ -221,6 +369,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let orig_dst = datapath.orig_dst_map()?;
     let counters = datapath.counters()?;
     let mut events = datapath.event_reader()?;
+    let _ = readiness.maps.set(datapath.map_stats());
+    if let Err(e) = datapath.count_kernel_maps() {
+        // Only the entry gauges of the kernel-written maps are missing.
+        tracing::warn!(error = %format!("{e:#}"), "cannot count the kernel-written maps' entries");
+    }
     if let Ok(mut programs) = readiness.programs.lock() {
         *programs = datapath.programs().to_vec();
     }
@@ -246,6 +399,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             sink,
             orig_dst,
             options.hbone_max_streams,
+            options.hbone_max_connections,
             Limiter::new(options.engine_limits, limit_counters),
         ),
         options: options.clone(),
@@ -259,9 +413,16 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         exempt_map,
         pod_sources_map,
         guards: HashMap::new(),
+        identities: identities.clone(),
+        readiness: readiness.clone(),
     };
 
-    let _ = readiness.engine.set(EngineHandles { pool: node.engine.pool(), identities });
+    let _ = readiness.engine.set(EngineHandles {
+        pool: node.engine.pool(),
+        identities,
+        limiter: node.engine.limiter(),
+        orig_dst_misses: node.engine.orig_dst_misses(),
+    });
     let mut state = Arc::new(ClusterState::default());
     let reload = |update: Update, state: &mut Arc<ClusterState>| {
         let Some(new_state) = update.state else {

@@ -286,9 +286,17 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 1 << 20)]
     pub ring_buffer_bytes: u32,
 
-    /// Most pods this node can enrol (size of the kernel's enrolled-pods map).
+    /// Most pods this node can enrol (size of the kernel's enrolled-pods map). Pods beyond it
+    /// are served by the engine but their connections are neither captured nor observed; the
+    /// agent logs which, counts the refused writes and retries every second.
     #[arg(long, default_value_t = 4096)]
     pub max_enrolled: u32,
+
+    /// Capacity of another eBPF map, `NAME=ENTRIES` (repeatable): CAPTURE, STRICT,
+    /// STRICT_EXEMPT, POD_SOURCES, ORIG_DST, ORIG_DST_BY_PORT, FIN_WAIT2_RCV_NXT (defaults and
+    /// what each holds: README, "Bounds"). Maps of other sizes are pinned apart.
+    #[arg(long, value_name = "NAME=ENTRIES", value_parser = crate::kernel::parse_map_entries)]
+    pub bpf_map_entries: Vec<(String, u32)>,
 
     /// Open flows tracked at once; the oldest is evicted (and counted) beyond it.
     #[arg(long, default_value_t = 65_536)]
@@ -350,6 +358,12 @@ pub struct AgentArgs {
     /// HTTP/2 streams multiplexed on one HBONE connection before another is opened.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
+
+    /// Outbound HBONE connections pooled at once (all peers); beyond it the connection idle
+    /// longest is closed, and with none idle a new tunnel is refused (counted in
+    /// lockmesh_connections_limited_total{reason="hbone_pool"}).
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub hbone_max_connections: u32,
 
     /// Inbound mTLS handshakes (:15008) in progress at once, all pods and peers together;
     /// connections beyond it are reset before any TLS work (counted in

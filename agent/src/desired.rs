@@ -14,8 +14,9 @@ use crate::{
     policy::{self, Destination, MeshParams, MtlsMode},
 };
 
-/// Numbers Kubernetes namespaces for the kernel's per-class capture decisions; a number, once
-/// given, stays with its namespace for the life of the agent (so map keys do not churn).
+/// Numbers Kubernetes namespaces for the kernel's per-class capture decisions; a number stays
+/// with its namespace while the namespace has pods enrolled here (so map keys do not churn),
+/// and is given again once it has none: at most one number per enrolled pod.
 #[derive(Default)]
 pub struct Classes {
     ids: HashMap<String, u32>,
@@ -23,8 +24,28 @@ pub struct Classes {
 
 impl Classes {
     pub fn of(&mut self, namespace: &str) -> u32 {
-        let next = self.ids.len() as u32 + 1;
-        *self.ids.entry(namespace.to_string()).or_insert(next)
+        if let Some(id) = self.ids.get(namespace) {
+            return *id;
+        }
+        let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let id = (1..).find(|id| !used.contains(id)).unwrap_or(u32::MAX);
+        self.ids.insert(namespace.to_string(), id);
+        id
+    }
+
+    /// The namespace numbered `class`, for messages.
+    pub fn name_of(&self, class: u32) -> Option<&str> {
+        self.ids.iter().find(|(_, id)| **id == class).map(|(name, _)| name.as_str())
+    }
+
+    /// Forgets the namespaces not in `in_use`.
+    pub fn retain(&mut self, in_use: &BTreeSet<&str>) {
+        self.ids.retain(|name, _| in_use.contains(name.as_str()));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
     }
 }
 
@@ -51,6 +72,8 @@ pub fn kernel_state(
     exemptions: &[StrictExemption],
 ) -> KernelState {
     let mut desired = KernelState::default();
+    let in_use: BTreeSet<&str> = enrolment.pods().map(|p| p.workload.key.namespace.as_str()).collect();
+    classes.retain(&in_use);
     let mut client_namespaces = BTreeMap::new();
     for pod in enrolment.pods() {
         let class = classes.of(&pod.workload.key.namespace);
@@ -188,12 +211,19 @@ mod tests {
     }
 
     #[test]
-    fn classes_are_stable() {
+    fn classes_are_stable_and_forgotten_with_their_last_pod() {
         let mut classes = Classes::default();
         let a = classes.of("bookinfo");
         let b = classes.of("default");
         assert_ne!(a, b);
         assert_eq!(classes.of("bookinfo"), a);
+        assert_eq!(classes.name_of(b), Some("default"));
+        // "bookinfo" has no pod here any more: its number is free again, "default" keeps its own.
+        classes.retain(&BTreeSet::from(["default"]));
+        assert_eq!((classes.len(), classes.name_of(a)), (1, None));
+        assert_eq!(classes.of("reviews"), a, "the freed number is given again");
+        assert_eq!(classes.of("default"), b);
+        assert_eq!(classes.len(), 2);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod bounds;
 pub mod ca_service;
 pub mod check;
 pub mod cli;

@@ -130,6 +130,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         drain: args.drain,
         hbone_max_streams: args.hbone_max_streams,
+        hbone_max_connections: args.hbone_max_connections as usize,
         engine_limits: EngineLimits {
             max_handshakes: args.max_handshakes as usize,
             max_handshakes_per_source: args.max_handshakes_per_source as usize,
@@ -144,6 +145,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             pin_dir,
             ring_buffer_bytes: args.ring_buffer_bytes,
             max_enrolled: args.max_enrolled,
+            map_entries: args.bpf_map_entries.into_iter().collect(),
         },
         flow_limits: FlowLimits { max_open: args.max_open_flows, max_closed: args.max_closed_flows },
     })

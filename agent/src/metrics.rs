@@ -1,7 +1,13 @@
 //! `/metrics`: Istio's standard TCP metrics (same names and labels, so Istio dashboards work)
 //! and lockmesh's own, in the Prometheus text format. Fed by the flow sink, once per flow and
 //! reporter; gauges and kernel counters are read at scrape time.
-use std::sync::Mutex;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -10,9 +16,10 @@ use prometheus_client::{
 };
 
 use crate::{
+    bounds::{TableStat, Tables},
     flows::{Encryption, FlowObserver, FlowRecord, FlowStats, Verdict},
     identity::CertificateStatus,
-    kernel::CounterValues,
+    kernel::{CounterValues, MapStat},
 };
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -61,6 +68,27 @@ struct EvictedLabels {
     table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+/// Series of `lockmesh_resets_total` at most: its `port` label comes from traffic (a port scan
+/// of a STRICT pod would otherwise add one series per port). Beyond it, new series count under
+/// `port="other"`.
+pub const MAX_RESET_SERIES: usize = 4096;
+
+/// What `/metrics` shows of the agent's bounds, read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Bounds {
+    /// Every eBPF map, by name.
+    pub maps: BTreeMap<String, MapStat>,
+    /// The agent's own tables.
+    pub tables: Tables,
+    /// Captured connections the engine found no original destination for.
+    pub captured_without_destination: u64,
+}
+
 /// `lockmesh_connections_limited_total{reason}`: what the engine refused or closed because a
 /// limit was reached (see `proxy::limits`). Cheap to clone; clones count into the same family.
 #[derive(Clone, Default)]
@@ -71,7 +99,6 @@ impl LimitCounters {
         self.0.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
-    #[cfg(test)]
     pub fn get(&self, reason: &str) -> u64 {
         self.0.get_or_create(&ReasonLabels { reason: reason.to_string() }).get()
     }
@@ -92,6 +119,17 @@ pub struct Metrics {
     spoof_drops: Counter,
     kernel_received: Counter,
     cert_expiry: Family<IdentityLabels, Gauge>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    map_update_failures: Family<MapLabels, Counter>,
+    table_entries: Family<EvictedLabels, Gauge>,
+    table_capacity: Family<EvictedLabels, Gauge>,
+    table_overflows: Family<EvictedLabels, Counter>,
+    captured_without_destination: Counter,
+    /// Series of `resets`, and resets that went to `port="other"` because there were
+    /// [`MAX_RESET_SERIES`].
+    reset_series: AtomicUsize,
+    reset_series_overflows: AtomicU64,
     scrape: Mutex<()>,
 }
 
@@ -117,6 +155,15 @@ impl Metrics {
             spoof_drops: Counter::default(),
             kernel_received: Counter::default(),
             cert_expiry: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            map_update_failures: Family::default(),
+            table_entries: Family::default(),
+            table_capacity: Family::default(),
+            table_overflows: Family::default(),
+            captured_without_destination: Counter::default(),
+            reset_series: AtomicUsize::new(0),
+            reset_series_overflows: AtomicU64::new(0),
             scrape: Mutex::new(()),
             limited: LimitCounters::default(),
             registry: Registry::default(),
@@ -172,6 +219,41 @@ impl Metrics {
             "Expiry (Unix time) of each workload certificate the agent holds",
             metrics.cert_expiry.clone(),
         );
+        r.register(
+            "lockmesh_bpf_map_entries",
+            "Entries in each eBPF map (agent-owned maps: after each sync; ORIG_DST, ORIG_DST_BY_PORT, FIN_WAIT2_RCV_NXT: counted every 10 s)",
+            metrics.map_entries.clone(),
+        );
+        r.register(
+            "lockmesh_bpf_map_capacity",
+            "Capacity (max entries; bytes for the FLOW_EVENTS ring buffer) of each eBPF map",
+            metrics.map_capacity.clone(),
+        );
+        r.register(
+            "lockmesh_bpf_map_update_failures",
+            "Agent writes to an eBPF map the kernel refused (map full); retried every second, each counted",
+            metrics.map_update_failures.clone(),
+        );
+        r.register(
+            "lockmesh_table_entries",
+            "Entries in each of the agent's bounded tables",
+            metrics.table_entries.clone(),
+        );
+        r.register(
+            "lockmesh_table_capacity",
+            "The most entries each of the agent's tables may hold",
+            metrics.table_capacity.clone(),
+        );
+        r.register(
+            "lockmesh_table_overflows",
+            "Entries a full table evicted, or additions it refused (the table's policy says which)",
+            metrics.table_overflows.clone(),
+        );
+        r.register(
+            "lockmesh_captured_without_destination",
+            "Captured connections the engine accepted without an original destination in the kernel (evicted from ORIG_DST or ORIG_DST_BY_PORT); reset",
+            metrics.captured_without_destination.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -187,8 +269,31 @@ impl Metrics {
         kernel: CounterValues,
         kernel_events_received: u64,
         certificates: &[CertificateStatus],
+        bounds: &Bounds,
     ) -> String {
         let _guard = self.scrape.lock();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for (name, map) in &bounds.maps {
+            let labels = MapLabels { map: name.clone() };
+            if let Some(entries) = map.entries {
+                self.map_entries.get_or_create(&labels).set(gauge(entries));
+            }
+            self.map_capacity.get_or_create(&labels).set(gauge(map.capacity));
+            let failures = self.map_update_failures.get_or_create(&labels);
+            failures.inc_by(map.update_failures.saturating_sub(failures.get()));
+        }
+        let mut tables = bounds.tables.clone();
+        tables.insert("reset_series", self.reset_series());
+        for (name, table) in &tables {
+            let labels = EvictedLabels { table: name.to_string() };
+            self.table_entries.get_or_create(&labels).set(gauge(table.entries));
+            self.table_capacity.get_or_create(&labels).set(gauge(table.capacity));
+            let overflows = self.table_overflows.get_or_create(&labels);
+            overflows.inc_by(table.overflows.saturating_sub(overflows.get()));
+        }
+        self.captured_without_destination.inc_by(
+            bounds.captured_without_destination.saturating_sub(self.captured_without_destination.get()),
+        );
         self.tracked.set(i64::try_from(flows.open).unwrap_or(i64::MAX));
         let catch_up = |counter: &Counter, value: u64| {
             counter.inc_by(value.saturating_sub(counter.get()));
@@ -212,6 +317,17 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// `lockmesh_resets_total`'s series as a table.
+    fn reset_series(&self) -> TableStat {
+        TableStat::new(
+            self.reset_series.load(Ordering::Relaxed),
+            MAX_RESET_SERIES,
+            self.reset_series_overflows.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -265,6 +381,8 @@ fn response_flags(verdict: Verdict) -> &'static str {
 }
 
 /// A bounded `reason` label for a failed mTLS handshake, or `None` if `reason` is not one.
+/// The labels name what an operator fixes: the peer's identity, trust domain, CA, clock,
+/// certificate profile (usage, chain) or the network.
 pub fn handshake_failure(reason: &str) -> Option<&'static str> {
     if !reason.contains("handshake") {
         return None;
@@ -280,11 +398,17 @@ pub fn handshake_failure(reason: &str) -> Option<&'static str> {
         "expired"
     } else if has(&["not valid yet"]) {
         "not_yet_valid"
-    } else if has(&["timed out"]) {
+    } else if has(&["is not allowed for TLS", "key usage lacks"]) {
+        "wrong_usage"
+    } else if has(&["chain too long", "is not a CA certificate", "is a CA certificate"]) {
+        "bad_chain"
+    } else if has(&["no SPIFFE ID"]) {
+        "no_spiffe_id"
+    } else if has(&["timed out", "not done within"]) {
         "timeout"
     } else if has(&["alert"]) {
         "peer_refused"
-    } else if has(&["no certificate", "presented no certificate", "no SPIFFE ID"]) {
+    } else if has(&["no certificate", "presented no certificate"]) {
         "no_certificate"
     } else {
         "other"
@@ -305,11 +429,20 @@ impl FlowObserver for Metrics {
         self.sent.get_or_create(&labels).inc_by(record.bytes_received);
         self.received.get_or_create(&labels).inc_by(record.bytes_sent);
         if matches!(record.verdict, Verdict::Reset | Verdict::Denied) {
-            let labels = ResetLabels {
+            let mut labels = ResetLabels {
                 destination_workload: labels.destination_workload.clone(),
                 destination_workload_namespace: labels.destination_workload_namespace.clone(),
                 port: record.dst.port.to_string(),
             };
+            if self.resets.get(&labels).is_none() {
+                if self.reset_series.load(Ordering::Relaxed) >= MAX_RESET_SERIES {
+                    self.reset_series_overflows.fetch_add(1, Ordering::Relaxed);
+                    labels.port = "other".into();
+                }
+                if self.resets.get(&labels).is_none() {
+                    self.reset_series.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             self.resets.get_or_create(&labels).inc();
         }
         if let Some(reason) = record.reason.as_deref().and_then(handshake_failure) {
@@ -339,7 +472,7 @@ mod tests {
         metrics.closed(&denied, false);
         let stats = FlowStats { open: 3, evicted_open: 2, ..Default::default() };
         let kernel = CounterValues { ring_buffer_drops: 5, spoof_drops: 4, ..Default::default() };
-        let text = metrics.render(stats, kernel, 7, &[]);
+        let text = metrics.render(stats, kernel, 7, &[], &Bounds::default());
         let line = |prefix: &str| {
             let mut lines = text.lines().filter(|l| l.starts_with(prefix));
             let first = lines.next().unwrap_or_else(|| panic!("{prefix} in\n{text}"));
@@ -387,7 +520,7 @@ mod tests {
             "lockmesh_handshake_failures_total{reason=\"wrong_identity\"} 1"
         );
         // Scrape-time counters do not double on a second scrape.
-        let again = metrics.render(stats, kernel, 7, &[]);
+        let again = metrics.render(stats, kernel, 7, &[], &Bounds::default());
         assert!(again.contains("lockmesh_kernel_events_dropped_total 5"));
     }
 
@@ -398,6 +531,71 @@ mod tests {
             Some("untrusted_ca")
         );
         assert_eq!(handshake_failure("mTLS handshake timed out"), Some("timeout"));
+        // The inbound side's own timeout reason.
+        assert_eq!(
+            handshake_failure("handshake_timeout: mTLS handshake not done within 10s"),
+            Some("timeout")
+        );
+        assert_eq!(
+            handshake_failure("mTLS handshake with 10.0.0.2:15008: peer presented no certificate"),
+            Some("no_certificate")
+        );
         assert_eq!(handshake_failure("connect to 10.0.0.1:8080: refused"), None);
+    }
+
+    #[test]
+    fn map_and_table_bounds_are_gauges_and_counters_that_do_not_double() {
+        let metrics = Metrics::new();
+        let mut bounds = Bounds { captured_without_destination: 2, ..Default::default() };
+        bounds.maps.insert("ENROLLED".into(), MapStat { entries: Some(2), capacity: 2, update_failures: 3 });
+        bounds
+            .maps
+            .insert("FLOW_EVENTS".into(), MapStat { entries: None, capacity: 4096, update_failures: 0 });
+        bounds.tables.insert("hbone_pool", TableStat::new(5, 4096, 1));
+        let render =
+            |bounds: &Bounds| metrics.render(FlowStats::default(), CounterValues::default(), 0, &[], bounds);
+        let text = render(&bounds);
+        for line in [
+            "lockmesh_bpf_map_entries{map=\"ENROLLED\"} 2",
+            "lockmesh_bpf_map_capacity{map=\"ENROLLED\"} 2",
+            "lockmesh_bpf_map_update_failures_total{map=\"ENROLLED\"} 3",
+            "lockmesh_bpf_map_capacity{map=\"FLOW_EVENTS\"} 4096",
+            "lockmesh_table_entries{table=\"hbone_pool\"} 5",
+            "lockmesh_table_capacity{table=\"hbone_pool\"} 4096",
+            "lockmesh_table_overflows_total{table=\"hbone_pool\"} 1",
+            "lockmesh_table_capacity{table=\"reset_series\"} 4096",
+            "lockmesh_captured_without_destination_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(
+            !text.contains("lockmesh_bpf_map_entries{map=\"FLOW_EVENTS\"}"),
+            "a ring buffer has no entries"
+        );
+        // Totals follow the sources, once.
+        bounds.maps.get_mut("ENROLLED").unwrap().update_failures = 4;
+        bounds.maps.get_mut("ENROLLED").unwrap().entries = Some(1);
+        let text = render(&bounds);
+        assert!(text.contains("lockmesh_bpf_map_update_failures_total{map=\"ENROLLED\"} 4"), "{text}");
+        assert!(text.contains("lockmesh_bpf_map_entries{map=\"ENROLLED\"} 1"), "{text}");
+        assert!(text.contains("lockmesh_captured_without_destination_total 2"), "{text}");
+    }
+
+    #[test]
+    fn reset_series_are_capped_by_port() {
+        let metrics = Metrics::new();
+        let mut scan = flow(1);
+        scan.verdict = Verdict::Reset;
+        for port in 0..(MAX_RESET_SERIES as u16 + 10) {
+            scan.dst.port = port;
+            metrics.closed(&scan, false);
+        }
+        assert_eq!(metrics.reset_series(), TableStat::new(MAX_RESET_SERIES + 1, MAX_RESET_SERIES, 10));
+        let text = metrics.render(FlowStats::default(), CounterValues::default(), 0, &[], &Bounds::default());
+        let other = text
+            .lines()
+            .find(|l| l.starts_with("lockmesh_resets_total") && l.contains("port=\"other\""))
+            .unwrap();
+        assert!(other.ends_with(" 10"), "{other}");
     }
 }

@@ -10,4 +10,4 @@ pub use kernel::KernelFlows;
 pub use observe::FlowObserver;
 pub use record::{Encryption, Endpoint, FlowPolicy, FlowRecord, Reporter, SCHEMA, TlsInfo, Verdict};
 pub use sink::{FlowSink, ipv4};
-pub use table::{FlowLimits, FlowStats, FlowTable};
+pub use table::{FOLLOW_BUFFER, FlowLimits, FlowStats, FlowTable, Follower, FollowersFull, MAX_FOLLOWERS};

@@ -1,5 +1,12 @@
-//! The agent's bounded flow table: open flows plus the most recently closed ones.
-use std::collections::{HashMap, VecDeque};
+//! The agent's bounded flow table: open flows plus the most recently closed ones, and the
+//! updates `/flows?follow` streams to a bounded number of followers.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -21,6 +28,12 @@ impl Default for FlowLimits {
     }
 }
 
+/// `/flows?follow` streams at once; one more is refused (503) and counted.
+pub const MAX_FOLLOWERS: usize = 64;
+/// Updates queued for followers (one ring shared by all); a follower that falls further behind
+/// skips the oldest, counted as lagged.
+pub const FOLLOW_BUFFER: usize = 4096;
+
 /// What the table had to forget or could not match, so that nothing is lost silently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FlowStats {
@@ -36,6 +49,25 @@ pub struct FlowStats {
     /// Of those, closes made into whole records from the close event itself (it carries the
     /// start and the side): the open went to a previous agent or was dropped.
     pub recovered_closes: u64,
+    /// `/flows?follow` streams open now.
+    pub followers: usize,
+    /// Followers refused because [`MAX_FOLLOWERS`] were following.
+    pub followers_refused: u64,
+    /// Updates queued for followers now.
+    pub follow_queued: usize,
+    /// Updates followers skipped because they fell more than [`FOLLOW_BUFFER`] behind.
+    pub follow_lagged: u64,
+}
+
+/// Too many `/flows?follow` streams.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} /flows followers already (at most {MAX_FOLLOWERS})")]
+pub struct FollowersFull(pub usize);
+
+/// A follower's stream of updates; it reports what it skipped through `lagged`.
+pub struct Follower {
+    pub updates: broadcast::Receiver<FlowRecord>,
+    pub lagged: Arc<AtomicU64>,
 }
 
 /// Open flows keyed by an id the reporter chooses (the kernel socket cookie), in arrival order.
@@ -46,11 +78,12 @@ pub struct FlowTable {
     closed: VecDeque<FlowRecord>,
     stats: FlowStats,
     updates: broadcast::Sender<FlowRecord>,
+    lagged: Arc<AtomicU64>,
 }
 
 impl FlowTable {
     pub fn new(limits: FlowLimits) -> Self {
-        let (updates, _) = broadcast::channel(4096);
+        let (updates, _) = broadcast::channel(FOLLOW_BUFFER);
         Self {
             limits,
             open: HashMap::new(),
@@ -58,12 +91,23 @@ impl FlowTable {
             closed: VecDeque::new(),
             stats: FlowStats::default(),
             updates,
+            lagged: Arc::default(),
         }
     }
 
-    /// Every record the table stores or changes, as it happens (for `--follow`).
-    pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
-        self.updates.subscribe()
+    /// Every record the table stores or changes, as it happens (for `--follow`), unless
+    /// [`MAX_FOLLOWERS`] already follow (counted).
+    pub fn follow(&mut self) -> Result<Follower, FollowersFull> {
+        let followers = self.updates.receiver_count();
+        if followers >= MAX_FOLLOWERS {
+            self.stats.followers_refused += 1;
+            return Err(FollowersFull(followers));
+        }
+        Ok(Follower { updates: self.updates.subscribe(), lagged: self.lagged.clone() })
+    }
+
+    pub fn limits(&self) -> FlowLimits {
+        self.limits
     }
 
     pub fn insert_open(&mut self, key: u64, record: FlowRecord) {
@@ -129,7 +173,14 @@ impl FlowTable {
     }
 
     pub fn stats(&self) -> FlowStats {
-        FlowStats { open: self.open.len(), closed: self.closed.len(), ..self.stats }
+        FlowStats {
+            open: self.open.len(),
+            closed: self.closed.len(),
+            followers: self.updates.receiver_count(),
+            follow_queued: self.updates.len(),
+            follow_lagged: self.lagged.load(Ordering::Relaxed),
+            ..self.stats
+        }
     }
 }
 
@@ -167,7 +218,7 @@ mod tests {
     #[test]
     fn open_then_close_moves_the_flow() {
         let mut table = FlowTable::new(FlowLimits::default());
-        let mut updates = table.subscribe();
+        let mut updates = table.follow().unwrap().updates;
         table.insert_open(7, record(7));
         assert!(table.snapshot()[0].is_open());
         let closed = table
@@ -197,5 +248,21 @@ mod tests {
         assert_eq!((stats.open, stats.closed, stats.evicted_closed, stats.unmatched_closes), (0, 2, 1, 1));
         let ids: Vec<_> = table.snapshot().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["2", "9"]);
+    }
+
+    #[test]
+    fn followers_are_capped_and_counted() {
+        let mut table = FlowTable::new(FlowLimits::default());
+        let followers: Vec<Follower> = (0..MAX_FOLLOWERS).map(|_| table.follow().unwrap()).collect();
+        assert!(table.follow().is_err());
+        let stats = table.stats();
+        assert_eq!((stats.followers, stats.followers_refused), (MAX_FOLLOWERS, 1));
+        table.insert_closed(record(1));
+        assert_eq!(table.stats().follow_queued, 1);
+        followers[0].lagged.fetch_add(3, Ordering::Relaxed);
+        assert_eq!(table.stats().follow_lagged, 3);
+        drop(followers);
+        assert_eq!(table.stats().followers, 0);
+        assert!(table.follow().is_ok(), "a follower that left frees its place");
     }
 }

@@ -11,7 +11,10 @@ pub(crate) mod verify;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -28,13 +31,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer as _;
 
-pub use self::verify::{PeerCertError, spiffe_id_of};
+pub use self::verify::{MAX_INTERMEDIATES, PeerCertError, PeerRole, spiffe_id_of};
 use self::{
     issuer::Issuer,
     remote::RemoteCaOptions,
     verify::{ClientIdentityVerifier, ServerIdentityVerifier, Trust},
 };
-use crate::flows::TlsInfo;
+use crate::{bounds::TableStat, flows::TlsInfo};
 
 #[derive(Clone, Debug)]
 pub struct IdentityOptions {
@@ -107,6 +110,14 @@ struct Backoff {
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// Identities the agent holds certificates (and server configurations, and issuance backoffs)
+/// for at most: one per service account of this node's pods, dropped when its last pod leaves.
+/// Beyond it, a new identity is refused (its pod is not served) and counted.
+pub const MAX_IDENTITIES: usize = 4096;
+/// Client configurations cached, one per (source identity, destination identity); beyond it an
+/// arbitrary one is evicted (rebuilt on its next use) and counted.
+pub const MAX_CLIENT_CONFIGS: usize = 4096;
+
 pub struct Identities {
     options: IdentityOptions,
     issuer: Issuer,
@@ -116,6 +127,10 @@ pub struct Identities {
     backoff: Mutex<HashMap<String, Backoff>>,
     server_configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
     client_configs: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
+    /// Identities refused because [`MAX_IDENTITIES`] were held.
+    refused: AtomicU64,
+    /// Client configurations evicted at [`MAX_CLIENT_CONFIGS`].
+    evicted_client_configs: AtomicU64,
 }
 
 impl Identities {
@@ -137,6 +152,8 @@ impl Identities {
             backoff: Mutex::default(),
             server_configs: Mutex::default(),
             client_configs: Mutex::default(),
+            refused: AtomicU64::new(0),
+            evicted_client_configs: AtomicU64::new(0),
         })
     }
 
@@ -145,6 +162,13 @@ impl Identities {
     pub async fn prepare(&self, identity: &str) -> anyhow::Result<()> {
         if self.prepared(identity).is_some() {
             return Ok(());
+        }
+        let held = self.leaves.lock().map(|m| m.len()).unwrap_or(0);
+        if held >= MAX_IDENTITIES {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!(
+                "no certificate for {identity}: the agent already holds certificates for {held} identities (at most {MAX_IDENTITIES})"
+            );
         }
         let waiting = self.backoff.lock().ok().and_then(|m| {
             let backoff = m.get(identity)?;
@@ -225,9 +249,65 @@ impl Identities {
         config.resumption = Resumption::disabled();
         let config = Arc::new(config);
         if let Ok(mut map) = self.client_configs.lock() {
+            if map.len() >= MAX_CLIENT_CONFIGS
+                && !map.contains_key(&key)
+                && let Some(victim) = map.keys().next().cloned()
+            {
+                map.remove(&victim);
+                self.evicted_client_configs.fetch_add(1, Ordering::Relaxed);
+            }
             map.insert(key, config.clone());
         }
         Ok(config)
+    }
+
+    /// Keeps the certificates, configurations and backoffs of `identities` only (the pods
+    /// enrolled now): an identity whose last pod left is no longer renewed or held.
+    pub fn retain(&self, identities: impl IntoIterator<Item = String>) {
+        let keep: std::collections::HashSet<String> = identities.into_iter().collect();
+        let mut dropped = Vec::new();
+        if let Ok(mut leaves) = self.leaves.lock() {
+            leaves.retain(|id, _| {
+                let kept = keep.contains(id);
+                if !kept {
+                    dropped.push(id.clone());
+                }
+                kept
+            });
+        }
+        if let Ok(mut map) = self.backoff.lock() {
+            map.retain(|id, _| keep.contains(id));
+        }
+        if let Ok(mut map) = self.server_configs.lock() {
+            map.retain(|id, _| keep.contains(id));
+        }
+        if let Ok(mut map) = self.client_configs.lock() {
+            map.retain(|(src, _), _| keep.contains(src));
+        }
+        for identity in dropped {
+            tracing::info!(%identity, "certificate dropped: no pod of this identity is enrolled any more");
+        }
+    }
+
+    /// The sizes of the identity tables.
+    pub fn tables(&self) -> Vec<(&'static str, TableStat)> {
+        let leaves = self.leaves.lock().map_or(0, |m| m.len());
+        let backoffs = self.backoff.lock().map_or(0, |m| m.len());
+        let servers = self.server_configs.lock().map_or(0, |m| m.len());
+        let clients = self.client_configs.lock().map_or(0, |m| m.len());
+        vec![
+            ("certificates", TableStat::new(leaves, MAX_IDENTITIES, self.refused.load(Ordering::Relaxed))),
+            ("certificate_backoffs", TableStat::new(backoffs, MAX_IDENTITIES, 0)),
+            ("server_configs", TableStat::new(servers, MAX_IDENTITIES, 0)),
+            (
+                "client_configs",
+                TableStat::new(
+                    clients,
+                    MAX_CLIENT_CONFIGS,
+                    self.evicted_client_configs.load(Ordering::Relaxed),
+                ),
+            ),
+        ]
     }
 
     /// The certificates held now, for `/readyz`.
@@ -386,9 +466,20 @@ pub fn handshake_reason(error: &std::io::Error) -> String {
                 "peer certificate is not signed by a trusted CA (BadSignature)".into()
             }
             CertificateError::Expired => "peer certificate expired".into(),
+            CertificateError::ExpiredContext { time, not_after } => format!(
+                "peer certificate expired at {} ({} s ago)",
+                verify::rfc3339(seconds(*not_after)),
+                seconds(*time).saturating_sub(seconds(*not_after))
+            ),
             CertificateError::NotValidYet => "peer certificate not valid yet".into(),
-            CertificateError::InvalidPurpose => {
-                "peer certificate not allowed for this side (extended key usage)".into()
+            CertificateError::NotValidYetContext { time, not_before } => format!(
+                "peer certificate not valid yet: valid from {} (in {} s; clocks skewed?)",
+                verify::rfc3339(seconds(*not_before)),
+                seconds(*not_before).saturating_sub(seconds(*time))
+            ),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "peer certificate is not allowed for TLS authentication on this side (extended key usage)"
+                    .into()
             }
             other => format!("peer certificate refused: {other:?}"),
         },
@@ -399,5 +490,12 @@ pub fn handshake_reason(error: &std::io::Error) -> String {
     }
 }
 
+fn seconds(time: rustls::pki_types::UnixTime) -> i64 {
+    i64::try_from(time.as_secs()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod bad_cert_tests;

@@ -18,12 +18,11 @@ use rustls::{
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use webpki::KeyUsage;
 use x509_parser::prelude::FromDer as _;
 
 use super::{
     ca::{self, SignedLeaf},
-    verify::Trust,
+    verify::{PeerRole, Trust},
 };
 use crate::ca_service::protocol::{ErrorResponse, SIGN_PATH, SignRequest, SignResponse};
 
@@ -205,10 +204,10 @@ impl RemoteCa {
     ) -> anyhow::Result<(OffsetDateTime, String)> {
         let Some((leaf, intermediates)) = chain.split_first() else { anyhow::bail!("empty chain") };
         let now = UnixTime::now();
-        for usage in [KeyUsage::client_auth(), KeyUsage::server_auth()] {
+        for role in [PeerRole::Client, PeerRole::Server] {
             let got = self
                 .trust
-                .verify(leaf, intermediates, now, usage)
+                .verify(leaf, intermediates, now, role)
                 .map_err(|e| anyhow::anyhow!("the certificate from {} does not verify: {e}", self.url))?;
             anyhow::ensure!(
                 got.to_string() == identity,

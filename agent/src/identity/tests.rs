@@ -195,15 +195,55 @@ fn a_leaf_alone_signed_by_the_root_verifies() {
     let ca = ca::Ca::load_or_create_self_signed(&state.path().join("ca"), "cluster.local").unwrap();
     let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
     let now = rustls::pki_types::UnixTime::now();
-    let id = ids.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).unwrap();
+    let id = ids.trust.verify(&leaf.chain[0], &[], now, PeerRole::Client).unwrap();
     assert_eq!(id.to_string(), PP);
     // With a plug-in intermediate, the leaf alone does not lead to the root: refused.
     let dir = tempfile::tempdir().unwrap();
     let plugin = plugin_ca(dir.path());
     let ca = ca::Ca::load_plugin(dir.path()).unwrap();
     let leaf = ca.issue(PP, Duration::from_secs(60)).unwrap();
-    assert!(plugin.trust.verify(&leaf.chain[0], &[], now, webpki::KeyUsage::client_auth()).is_err());
-    assert!(
-        plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, webpki::KeyUsage::client_auth()).is_ok()
+    assert!(plugin.trust.verify(&leaf.chain[0], &[], now, PeerRole::Client).is_err());
+    assert!(plugin.trust.verify(&leaf.chain[0], &leaf.chain[1..], now, PeerRole::Client).is_ok());
+}
+
+#[tokio::test]
+async fn departed_identities_are_dropped_and_client_configs_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = plugin_ca(dir.path());
+    let (client, server) = handshake(&ids, PP, DETAILS, &ids, DETAILS).await;
+    assert!(client.is_ok() && server.is_ok());
+    let table = |name: &str| ids.tables().into_iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(table("certificates").entries, 2);
+    assert_eq!((table("server_configs").entries, table("client_configs").entries), (1, 1));
+    // details left the node: its certificate and server configuration go, productpage's
+    // client configuration (towards details) stays.
+    ids.retain([PP.to_string()]);
+    assert_eq!(ids.certificates().iter().map(|c| c.identity.as_str()).collect::<Vec<_>>(), [PP]);
+    assert_eq!((table("server_configs").entries, table("client_configs").entries), (0, 1));
+    // One client configuration per destination, at most MAX_CLIENT_CONFIGS: then evicted.
+    for n in 0..MAX_CLIENT_CONFIGS {
+        ids.client_config(PP, &format!("spiffe://cluster.local/ns/x/sa/s{n}")).unwrap();
+    }
+    let clients = table("client_configs");
+    assert_eq!(
+        (clients.entries, clients.capacity, clients.overflows),
+        (MAX_CLIENT_CONFIGS as u64, MAX_CLIENT_CONFIGS as u64, 1)
     );
+    ids.retain(Vec::new());
+    assert!(ids.tables().iter().all(|(_, t)| t.entries == 0), "{:?}", ids.tables());
+}
+
+#[tokio::test]
+async fn identities_beyond_the_maximum_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = plugin_ca(dir.path());
+    for n in 0..MAX_IDENTITIES {
+        ids.prepare(&format!("spiffe://cluster.local/ns/x/sa/s{n}")).await.unwrap();
+    }
+    let error = format!("{:#}", ids.prepare(PP).await.unwrap_err());
+    assert!(error.contains("at most 4096"), "{error}");
+    let certificates = ids.tables()[0].1;
+    assert_eq!((certificates.entries, certificates.overflows), (MAX_IDENTITIES as u64, 1));
+    // Already held identities are still fine.
+    ids.prepare("spiffe://cluster.local/ns/x/sa/s0").await.unwrap();
 }

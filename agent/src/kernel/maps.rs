@@ -1,19 +1,28 @@
 //! Typed handles to the datapath's maps.
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, MapError, PerCpuArray},
 };
 use lockmesh_common::{
     CaptureKey, EnrolledPod, ExemptKey, OrigDst, PortKey, SourceKey, StrictKey, counter, maps as map_names,
 };
 
-/// A hash map the agent owns: `sync` makes it hold exactly the desired entries.
+use super::stats::MapStats;
+
+/// A hash map the agent owns: `sync` makes it hold exactly the desired entries, counting what
+/// it holds and the writes the kernel refused (a full map) in [`MapStats`].
 pub struct SyncedMap<K, V> {
     name: &'static str,
     map: HashMap<MapData, K, V>,
+    stats: MapStats,
+    /// Entries not written at the last sync, and when that was last logged.
+    last_failure_log: Option<(usize, Instant)>,
 }
 
 /// Enrolled pods by network-namespace cookie.
@@ -27,31 +36,142 @@ pub type ExemptMap = SyncedMap<ExemptKey, u32>;
 /// Addresses each enrolled pod may send from (anti-spoofing).
 pub type PodSourcesMap = SyncedMap<SourceKey, u32>;
 
-impl<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq> SyncedMap<K, V> {
-    pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> anyhow::Result<Self> {
-        let map = ebpf.take_map(name).with_context(|| format!("{name} map missing"))?;
-        Ok(Self { name, map: HashMap::try_from(map)? })
+/// A write the kernel refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteError {
+    /// The map is at its capacity (`E2BIG`).
+    pub full: bool,
+    pub message: String,
+}
+
+/// What one sync did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SyncOutcome<K> {
+    pub added: usize,
+    pub removed: usize,
+    /// Entries the map holds afterwards.
+    pub entries: usize,
+    /// Desired entries the kernel refused, with why (retried at the next sync).
+    pub failed: Vec<(K, WriteError)>,
+    /// Stale entries that could not be removed.
+    pub not_removed: Vec<(K, String)>,
+}
+
+impl<K> SyncOutcome<K> {
+    /// Whether any refusal was because the map is full.
+    pub fn full(&self) -> bool {
+        self.failed.iter().any(|(_, e)| e.full)
+    }
+}
+
+/// The operations a sync needs; the kernel map, or a fake in tests.
+pub(crate) trait MapBackend<K, V> {
+    fn keys(&self) -> Vec<K>;
+    fn get(&self, key: &K) -> Option<V>;
+    fn insert(&mut self, key: &K, value: &V) -> Result<(), WriteError>;
+    fn remove(&mut self, key: &K) -> Result<(), String>;
+}
+
+impl<K: Pod, V: Pod> MapBackend<K, V> for HashMap<MapData, K, V> {
+    fn keys(&self) -> Vec<K> {
+        HashMap::keys(self).filter_map(Result::ok).collect()
     }
 
-    /// Makes the map hold exactly `desired` (entries adopted from a previous agent included);
-    /// returns how many entries were added or changed, and removed.
-    pub fn sync(&mut self, desired: &BTreeMap<K, V>) -> anyhow::Result<(usize, usize)> {
-        let present: Vec<K> = self.map.keys().filter_map(Result::ok).collect();
-        let mut removed = 0;
-        for stale in present.iter().filter(|k| !desired.contains_key(k)) {
-            self.map.remove(stale).with_context(|| format!("removing {stale:?} from {}", self.name))?;
-            removed += 1;
-        }
-        let mut added = 0;
-        for (key, value) in desired {
-            if self.map.get(key, 0).ok().as_ref() != Some(value) {
-                self.map
-                    .insert(key, value, 0)
-                    .with_context(|| format!("adding {key:?} to {} (map full?)", self.name))?;
-                added += 1;
+    fn get(&self, key: &K) -> Option<V> {
+        HashMap::get(self, key, 0).ok()
+    }
+
+    fn insert(&mut self, key: &K, value: &V) -> Result<(), WriteError> {
+        HashMap::insert(self, key, value, 0).map_err(|e| {
+            let full =
+                matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG));
+            WriteError { full, message: e.to_string() }
+        })
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), String> {
+        HashMap::remove(self, key).map_err(|e| e.to_string())
+    }
+}
+
+/// Makes `map` hold exactly `desired`, as far as it can: stale entries first (making room),
+/// then every desired entry not already there. Refused writes are collected, never fatal.
+pub(crate) fn sync_entries<K: Ord + Copy, V: Copy + PartialEq>(
+    map: &mut impl MapBackend<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> SyncOutcome<K> {
+    let mut present: BTreeSet<K> = map.keys().into_iter().collect();
+    let stale: Vec<K> = present.iter().filter(|k| !desired.contains_key(k)).copied().collect();
+    let mut outcome =
+        SyncOutcome { added: 0, removed: 0, entries: 0, failed: Vec::new(), not_removed: Vec::new() };
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) => {
+                present.remove(&key);
+                outcome.removed += 1;
             }
+            Err(e) => outcome.not_removed.push((key, e)),
         }
-        Ok((added, removed))
+    }
+    for (key, value) in desired {
+        if map.get(key).as_ref() == Some(value) {
+            continue;
+        }
+        match map.insert(key, value) {
+            Ok(()) => {
+                present.insert(*key);
+                outcome.added += 1;
+            }
+            Err(e) => outcome.failed.push((*key, e)),
+        }
+    }
+    outcome.entries = present.len();
+    outcome
+}
+
+/// Refused writes are logged when their number changes, else at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl<K: Pod + Ord, V: Pod + PartialEq> SyncedMap<K, V> {
+    pub(super) fn take(ebpf: &mut Ebpf, name: &'static str, stats: MapStats) -> anyhow::Result<Self> {
+        let map = ebpf.take_map(name).with_context(|| format!("{name} map missing"))?;
+        Ok(Self { name, map: HashMap::try_from(map)?, stats, last_failure_log: None })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The map's capacity (max entries).
+    pub fn capacity(&self) -> u64 {
+        self.stats.get(self.name).capacity
+    }
+
+    /// Makes the map hold exactly `desired` (entries adopted from a previous agent included),
+    /// as far as it fits; counts its entries and the refused writes.
+    pub fn sync(&mut self, desired: &BTreeMap<K, V>) -> SyncOutcome<K> {
+        let outcome = sync_entries(&mut self.map, desired);
+        self.stats.update(self.name, |stat| {
+            stat.entries = Some(outcome.entries as u64);
+            stat.update_failures += outcome.failed.len() as u64;
+        });
+        outcome
+    }
+
+    /// Whether to log this sync's refused writes: when their number changed, or once a minute
+    /// while it lasts (the agent retries every second).
+    pub fn should_log_failures(&mut self, failed: usize) -> bool {
+        let due = match self.last_failure_log {
+            _ if failed == 0 => false,
+            Some((last, at)) => last != failed || at.elapsed() >= FAILURE_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            self.last_failure_log = Some((failed, Instant::now()));
+        } else if failed == 0 {
+            self.last_failure_log = None;
+        }
+        due
     }
 }
 
@@ -110,5 +230,64 @@ impl Counters {
             strict_resets: sum(counter::STRICT_RESETS)?,
             spoof_drops: sum(counter::SPOOF_DROPS)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map of fixed capacity, as the kernel's hash maps behave.
+    struct Fake {
+        entries: BTreeMap<u32, u32>,
+        capacity: usize,
+    }
+
+    impl MapBackend<u32, u32> for Fake {
+        fn keys(&self) -> Vec<u32> {
+            self.entries.keys().copied().collect()
+        }
+
+        fn get(&self, key: &u32) -> Option<u32> {
+            self.entries.get(key).copied()
+        }
+
+        fn insert(&mut self, key: &u32, value: &u32) -> Result<(), WriteError> {
+            if !self.entries.contains_key(key) && self.entries.len() >= self.capacity {
+                return Err(WriteError { full: true, message: "E2BIG".into() });
+            }
+            self.entries.insert(*key, *value);
+            Ok(())
+        }
+
+        fn remove(&mut self, key: &u32) -> Result<(), String> {
+            self.entries.remove(key).map(drop).ok_or_else(|| "ENOENT".into())
+        }
+    }
+
+    fn desired(keys: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u32> {
+        keys.into_iter().map(|k| (k, k * 10)).collect()
+    }
+
+    #[test]
+    fn sync_counts_entries_and_refused_writes_and_makes_room_first() {
+        let mut map = Fake { entries: BTreeMap::from([(1, 10), (9, 90)]), capacity: 3 };
+        // 9 is stale and goes first, so 1, 2, 3 fit; 4 and 5 do not.
+        let outcome = sync_entries(&mut map, &desired(1..=5));
+        assert_eq!((outcome.added, outcome.removed, outcome.entries), (2, 1, 3));
+        assert_eq!(outcome.failed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [4, 5]);
+        assert!(outcome.full());
+        assert_eq!(map.keys(), [1, 2, 3]);
+        // Unchanged entries are not rewritten; once there is room, the rest go in.
+        map.capacity = 5;
+        let outcome = sync_entries(&mut map, &desired(1..=5));
+        assert_eq!((outcome.added, outcome.removed, outcome.entries, outcome.failed.len()), (2, 0, 5, 0));
+        // A changed value is rewritten in place (no room needed).
+        let mut changed = desired(1..=5);
+        changed.insert(3, 7);
+        let outcome = sync_entries(&mut map, &changed);
+        assert_eq!((outcome.added, outcome.entries, outcome.failed.len()), (1, 5, 0));
+        let outcome = sync_entries(&mut map, &BTreeMap::new());
+        assert_eq!((outcome.removed, outcome.entries), (5, 0));
     }
 }

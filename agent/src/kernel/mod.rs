@@ -3,8 +3,10 @@
 //! all decisions are made elsewhere and arrive here as map contents.
 mod events;
 mod maps;
+mod stats;
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
 };
@@ -12,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Map, MapData, MapInfo},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -22,8 +25,9 @@ pub use events::{EventReader, KernelEvent};
 use lockmesh_common::{maps as map_names, programs as prog_names};
 pub use maps::{
     CaptureMap, CounterValues, Counters, EnrolledMap, ExemptMap, OrigDstMap, PodSourcesMap, StrictMap,
-    SyncedMap,
+    SyncOutcome, SyncedMap, WriteError,
 };
+pub use stats::{COUNT_EVERY, MapStat, MapStats};
 
 /// The eBPF object built from ebpf/lockmesh-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockmesh"));
@@ -39,6 +43,50 @@ pub struct DatapathOptions {
     pub ring_buffer_bytes: u32,
     /// Capacity of the enrolled-pods map.
     pub max_enrolled: u32,
+    /// Capacities of other maps, by name (`--bpf-map-entries NAME=N`), instead of the
+    /// defaults compiled into the eBPF object.
+    pub map_entries: BTreeMap<String, u32>,
+}
+
+/// Maps whose capacity `--bpf-map-entries` may set (`ENROLLED` has `--max-enrolled`,
+/// `FLOW_EVENTS` `--ring-buffer-bytes`; `COUNTERS` is fixed).
+pub const RESIZABLE_MAPS: &[&str] = &[
+    map_names::CAPTURE,
+    map_names::STRICT,
+    map_names::STRICT_EXEMPT,
+    map_names::POD_SOURCES,
+    map_names::ORIG_DST,
+    map_names::ORIG_DST_BY_PORT,
+    map_names::FIN_WAIT2_RCV_NXT,
+    map_names::FLOW_STARTS,
+];
+
+/// Parses `NAME=N` of `--bpf-map-entries`.
+pub fn parse_map_entries(text: &str) -> Result<(String, u32), String> {
+    let (name, entries) = text.split_once('=').ok_or_else(|| format!("{text:?}: expected NAME=ENTRIES"))?;
+    let name = name.trim().to_uppercase();
+    if !RESIZABLE_MAPS.contains(&name.as_str()) {
+        let hint = match name.as_str() {
+            "ENROLLED" => " (use --max-enrolled)",
+            "FLOW_EVENTS" => " (use --ring-buffer-bytes)",
+            _ => "",
+        };
+        return Err(format!("{name}: not a resizable map{hint}; one of {}", RESIZABLE_MAPS.join(", ")));
+    }
+    let entries: u32 = entries.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if entries == 0 {
+        return Err(format!("{name}: needs at least 1 entry"));
+    }
+    Ok((name, entries))
+}
+
+/// The flag that sets a map's capacity, for messages.
+pub fn capacity_flag(map: &str) -> String {
+    match map {
+        map_names::ENROLLED => "--max-enrolled".into(),
+        map_names::FLOW_EVENTS => "--ring-buffer-bytes".into(),
+        other => format!("--bpf-map-entries {other}=N"),
+    }
 }
 
 /// The loaded and attached programs and their maps. Dropping it detaches the programs; the
@@ -46,6 +94,9 @@ pub struct DatapathOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// Where this layout's maps are pinned.
+    maps_dir: PathBuf,
+    stats: MapStats,
     programs: Vec<ProgramRef>,
     /// Host-side pod interfaces the STRICT program guards, and the pin of its link on each.
     guarded: std::collections::HashMap<String, PathBuf>,
@@ -80,9 +131,7 @@ impl Datapath {
 
         // The maps' directory names their layout: an agent whose maps differ (another version,
         // other sizes) starts fresh instead of adopting maps it would misread.
-        let maps_dir = options
-            .pin_dir
-            .join(format!("maps-v{MAP_LAYOUT}-e{}-r{}", options.max_enrolled, options.ring_buffer_bytes));
+        let maps_dir = options.pin_dir.join(maps_dir_name(options));
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
         let pins: Vec<(&str, PathBuf)> =
             map_names::ALL.iter().map(|name| (*name, maps_dir.join(name))).collect();
@@ -90,6 +139,12 @@ impl Datapath {
         loader
             .map_max_entries(map_names::ENROLLED, options.max_enrolled)
             .map_max_entries(map_names::FLOW_EVENTS, options.ring_buffer_bytes);
+        for (name, entries) in &options.map_entries {
+            if !RESIZABLE_MAPS.contains(&name.as_str()) {
+                bail!("--bpf-map-entries: {name} is not a resizable map");
+            }
+            loader.map_max_entries(name, *entries);
+        }
         // Pinned maps outlive this process: a restarted agent adopts them (and the events the
         // kernel queued meanwhile) instead of starting blind.
         for (name, path) in &pins {
@@ -168,10 +223,19 @@ impl Datapath {
             }
         }
 
+        let stats = MapStats::default();
+        for name in map_names::ALL {
+            let capacity = MapInfo::from_pin(maps_dir.join(name))
+                .map(|info| u64::from(info.max_entries()))
+                .with_context(|| format!("reading the capacity of map {name}"))?;
+            stats.update(name, |stat| stat.capacity = capacity);
+        }
         tracing::info!(cgroup = %options.cgroup.display(), pins = %options.pin_dir.display(), "eBPF programs attached");
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
+            maps_dir,
+            stats,
             programs,
             guarded: Default::default(),
             source_guarded: Default::default(),
@@ -275,19 +339,19 @@ impl Datapath {
     }
 
     pub fn capture_map(&mut self) -> anyhow::Result<CaptureMap> {
-        SyncedMap::take(&mut self.ebpf, map_names::CAPTURE)
+        SyncedMap::take(&mut self.ebpf, map_names::CAPTURE, self.stats.clone())
     }
 
     pub fn strict_map(&mut self) -> anyhow::Result<StrictMap> {
-        SyncedMap::take(&mut self.ebpf, map_names::STRICT)
+        SyncedMap::take(&mut self.ebpf, map_names::STRICT, self.stats.clone())
     }
 
     pub fn exempt_map(&mut self) -> anyhow::Result<ExemptMap> {
-        SyncedMap::take(&mut self.ebpf, map_names::STRICT_EXEMPT)
+        SyncedMap::take(&mut self.ebpf, map_names::STRICT_EXEMPT, self.stats.clone())
     }
 
     pub fn pod_sources_map(&mut self) -> anyhow::Result<PodSourcesMap> {
-        SyncedMap::take(&mut self.ebpf, map_names::POD_SOURCES)
+        SyncedMap::take(&mut self.ebpf, map_names::POD_SOURCES, self.stats.clone())
     }
 
     pub fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
@@ -295,7 +359,42 @@ impl Datapath {
     }
 
     pub fn enrolled_map(&mut self) -> anyhow::Result<EnrolledMap> {
-        SyncedMap::take(&mut self.ebpf, map_names::ENROLLED)
+        SyncedMap::take(&mut self.ebpf, map_names::ENROLLED, self.stats.clone())
+    }
+
+    /// Figures of every map (capacity, entries, refused writes), kept current.
+    pub fn map_stats(&self) -> MapStats {
+        self.stats.clone()
+    }
+
+    /// Starts counting the entries of the maps the kernel writes (`ORIG_DST`,
+    /// `ORIG_DST_BY_PORT`, `FIN_WAIT2_RCV_NXT`, `FLOW_STARTS`) every [`COUNT_EVERY`], through handles of
+    /// their own.
+    pub fn count_kernel_maps(&mut self) -> anyhow::Result<()> {
+        let pinned = |name: &str| -> anyhow::Result<Map> {
+            let path = self.maps_dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let maps = vec![
+            stats::Countable::new::<u64, lockmesh_common::OrigDst>(
+                map_names::ORIG_DST,
+                pinned(map_names::ORIG_DST)?,
+            )?,
+            stats::Countable::new::<lockmesh_common::PortKey, lockmesh_common::OrigDst>(
+                map_names::ORIG_DST_BY_PORT,
+                pinned(map_names::ORIG_DST_BY_PORT)?,
+            )?,
+            stats::Countable::new::<u64, u32>(
+                map_names::FIN_WAIT2_RCV_NXT,
+                pinned(map_names::FIN_WAIT2_RCV_NXT)?,
+            )?,
+            stats::Countable::new::<u64, lockmesh_common::FlowStart>(
+                map_names::FLOW_STARTS,
+                pinned(map_names::FLOW_STARTS)?,
+            )?,
+        ];
+        stats::count_forever(maps, self.stats.clone())
     }
 
     pub fn counters(&mut self) -> anyhow::Result<Counters> {
@@ -315,6 +414,17 @@ impl Datapath {
             "datapath left in place (STRICT keeps holding); `lockmesh agent --cleanup` removes it"
         );
     }
+}
+
+/// The maps' directory: their layout version and sizes, so that an agent whose maps differ
+/// starts with fresh ones. Sizes set with `--bpf-map-entries` are appended (`-CAPTURE-1000`);
+/// without them the name is what earlier agents used (their maps are adopted).
+fn maps_dir_name(options: &DatapathOptions) -> String {
+    let mut name = format!("maps-v{MAP_LAYOUT}-e{}-r{}", options.max_enrolled, options.ring_buffer_bytes);
+    for (map, entries) in &options.map_entries {
+        name.push_str(&format!("-{map}-{entries}"));
+    }
+    name
 }
 
 /// Subdirectory of the pin dir holding pinned links: `<program>-<id>` for the cgroup programs,
@@ -424,4 +534,38 @@ fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_sizes_from_flags() {
+        assert_eq!(parse_map_entries("capture=1000"), Ok(("CAPTURE".to_string(), 1000)));
+        assert_eq!(parse_map_entries("ORIG_DST_BY_PORT = 8"), Ok(("ORIG_DST_BY_PORT".to_string(), 8)));
+        let enrolled = parse_map_entries("ENROLLED=5").unwrap_err();
+        assert!(enrolled.contains("--max-enrolled"), "{enrolled}");
+        assert!(parse_map_entries("COUNTERS=5").is_err());
+        assert!(parse_map_entries("CAPTURE=0").is_err());
+        assert!(parse_map_entries("CAPTURE").is_err());
+        assert_eq!(capacity_flag("STRICT"), "--bpf-map-entries STRICT=N");
+        assert_eq!(capacity_flag("ENROLLED"), "--max-enrolled");
+    }
+
+    #[test]
+    fn maps_of_other_sizes_are_pinned_apart() {
+        let mut options = DatapathOptions {
+            cgroup: "/sys/fs/cgroup".into(),
+            pin_dir: "/sys/fs/bpf/lockmesh/n1".into(),
+            ring_buffer_bytes: 1 << 20,
+            max_enrolled: 4096,
+            map_entries: BTreeMap::new(),
+        };
+        // What agents before --bpf-map-entries used: their pinned maps are adopted.
+        assert_eq!(maps_dir_name(&options), "maps-v2-e4096-r1048576");
+        options.map_entries.insert("STRICT".into(), 16);
+        options.map_entries.insert("CAPTURE".into(), 1000);
+        assert_eq!(maps_dir_name(&options), "maps-v2-e4096-r1048576-CAPTURE-1000-STRICT-16");
+    }
 }

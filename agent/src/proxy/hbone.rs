@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ use http::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::{flows::TlsInfo, identity::Identities, sockets::PodSockets};
+use crate::{bounds::TableStat, flows::TlsInfo, identity::Identities, sockets::PodSockets};
 
 /// Streams per pooled connection before another connection is opened (ztunnel's default).
 pub const DEFAULT_MAX_STREAMS: u32 = 100;
@@ -48,6 +48,10 @@ pub enum TunnelError {
     Timeout(&'static str),
     #[error("no certificate for {0}: {1}")]
     Identity(String, String),
+    #[error(
+        "hbone_pool: HBONE connection pool full ({0} connections, all carrying streams; raise --hbone-max-connections)"
+    )]
+    PoolFull(usize),
 }
 
 impl TunnelError {
@@ -101,18 +105,37 @@ pub struct Pool {
     identities: Arc<Identities>,
     /// Streams per connection we open; also capped by what the peer allows.
     max_streams: usize,
+    /// Connections held (and being dialed) at most: beyond it the connection idle longest is
+    /// closed, and without an idle one the new tunnel is refused.
+    max_connections: usize,
     connections: Mutex<HashMap<PoolKey, Vec<Arc<Connection>>>>,
     /// One dialer per key at a time: concurrent first connections share one handshake.
     dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Dials in progress, counted against `max_connections`.
+    dials: Arc<AtomicUsize>,
+    /// Idle connections closed, and tunnels refused, because the pool was full.
+    overflows: AtomicU64,
+}
+
+/// A dial counted against the pool's maximum; released on drop.
+struct DialSlot(Arc<AtomicUsize>);
+
+impl Drop for DialSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pool {
-    pub fn new(identities: Arc<Identities>, max_streams: u32) -> Arc<Self> {
+    pub fn new(identities: Arc<Identities>, max_streams: u32, max_connections: usize) -> Arc<Self> {
         let pool = Arc::new(Self {
             identities,
             max_streams: max_streams.max(1) as usize,
+            max_connections: max_connections.max(1),
             connections: Mutex::default(),
             dialing: Mutex::default(),
+            dials: Arc::default(),
+            overflows: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -143,6 +166,7 @@ impl Pool {
                 match self.reserve(key) {
                     Some(c) => c,
                     None => {
+                        let slot = self.admit()?;
                         // Boxed: the dial (TLS handshake, HTTP/2 setup) is the largest state
                         // of this future, and inline it would size every tunneled connection's
                         // task for its whole life (≈12 KiB per idle connection).
@@ -151,6 +175,8 @@ impl Pool {
                         if let Ok(mut map) = self.connections.lock() {
                             map.entry(key.clone()).or_default().push(connection.clone());
                         }
+                        // Counted as a live connection from here on.
+                        drop(slot);
                         connection
                     }
                 }
@@ -189,6 +215,38 @@ impl Pool {
                     .is_ok()
             })
             .cloned()
+    }
+
+    /// Room for one more connection: a dial slot, after closing the connection idle longest
+    /// if the pool is full; refused (counted) when every connection carries streams.
+    fn admit(&self) -> Result<DialSlot, TunnelError> {
+        let full = TunnelError::PoolFull(self.max_connections);
+        let Ok(mut map) = self.connections.lock() else { return Err(full) };
+        let live = map.values().flatten().filter(|c| !c.dead.load(Ordering::Acquire)).count();
+        if live + self.dials.load(Ordering::Acquire) >= self.max_connections {
+            let idle_longest = map
+                .iter()
+                .flat_map(|(key, list)| list.iter().map(move |c| (key, c)))
+                .filter(|(_, c)| c.active.load(Ordering::Acquire) == 0 && !c.dead.load(Ordering::Acquire))
+                .filter_map(|(key, c)| c.idle_since.lock().ok().map(|since| (*since, key.clone(), c.clone())))
+                .min_by_key(|(since, _, _)| *since);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            let Some((_, key, victim)) = idle_longest else { return Err(full) };
+            // Dropping the pool's handle closes it (no stream can start on it: reserving one
+            // needs this lock).
+            if let Some(list) = map.get_mut(&key) {
+                list.retain(|c| !Arc::ptr_eq(c, &victim));
+            }
+            tracing::debug!(peer = %key.dst, "HBONE pool full: closing the connection idle longest");
+        }
+        self.dials.fetch_add(1, Ordering::AcqRel);
+        Ok(DialSlot(self.dials.clone()))
+    }
+
+    /// The pool as a table: live connections, the maximum, idle connections closed and tunnels
+    /// refused because it was full.
+    pub fn table(&self) -> TableStat {
+        TableStat::new(self.connection_count(), self.max_connections, self.overflows.load(Ordering::Relaxed))
     }
 
     fn dial_gate(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -353,5 +411,77 @@ pub fn peer_ipv4(addr: SocketAddr) -> Option<Ipv4Addr> {
     match addr.ip() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityOptions;
+
+    /// A pooled connection over an in-memory HTTP/2 link; `active` streams.
+    async fn connection(active: usize) -> Arc<Connection> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            if let Ok(mut h2) = h2::server::handshake(server).await {
+                while h2.accept().await.is_some() {}
+            }
+        });
+        let (sender, driver) = h2::client::handshake(client).await.unwrap();
+        tokio::spawn(driver);
+        Arc::new(Connection {
+            sender,
+            active: AtomicUsize::new(active),
+            dead: Arc::default(),
+            tls: TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "test".into(),
+                peer_serial: None,
+                peer_not_after: None,
+            },
+            peer_identity: String::new(),
+            idle_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn key(n: u8) -> PoolKey {
+        PoolKey {
+            src_ip: Ipv4Addr::new(10, 0, 0, 1),
+            src_identity: "spiffe://cluster.local/ns/a/sa/a".into(),
+            dst_identity: "spiffe://cluster.local/ns/b/sa/b".into(),
+            dst: SocketAddr::new(Ipv4Addr::new(10, 0, 1, n).into(), 15008),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_closes_the_connection_idle_longest_else_refuses() {
+        let state = tempfile::tempdir().unwrap();
+        let options = IdentityOptions {
+            trust_domain: "cluster.local".into(),
+            ca_dir: None,
+            remote_ca: None,
+            state_dir: state.path().into(),
+            cert_ttl: Duration::from_secs(3600),
+            post_quantum: false,
+        };
+        let pool = Pool::new(Arc::new(Identities::new(&options).unwrap()), 100, 2);
+        let (busy, idle) = (connection(1).await, connection(0).await);
+        {
+            let mut map = pool.connections.lock().unwrap();
+            map.entry(key(1)).or_default().push(busy.clone());
+            map.entry(key(2)).or_default().push(idle.clone());
+        }
+        assert_eq!(pool.table(), TableStat::new(2, 2, 0));
+        // Full: the idle connection makes room for a dial, which counts until it is pooled.
+        let slot = pool.admit().unwrap();
+        assert_eq!(pool.connection_count(), 1);
+        assert!(pool.reserve(&key(2)).is_none(), "the idle connection was closed");
+        // The busy connection and the dial in progress fill the pool: refused.
+        assert!(matches!(pool.admit().err(), Some(TunnelError::PoolFull(2))));
+        assert_eq!(pool.table().overflows, 2);
+        drop(slot);
+        let _room = pool.admit().expect("the dial ended: room again");
+        let refusal = TunnelError::PoolFull(2).to_string();
+        assert!(refusal.contains("--hbone-max-connections"), "{refusal}");
     }
 }

@@ -160,16 +160,26 @@ async fn serve_streams<T>(
         match request {
             Some(Ok((request, respond))) => {
                 idle_since = None;
-                let Some(permit) = ctx.limiter.stream(&peer.limit_key) else {
-                    let limit = ctx.limiter.limits.max_streams_per_peer;
-                    let reason = format!(
-                        "{}: {} already has {limit} tunnel streams open",
-                        LimitReason::StreamsPerPeer.label(),
-                        peer.limit_key
-                    );
-                    let port = peer.addr.port();
-                    refuse(&ctx, &pod, &peer, port, respond, StatusCode::TOO_MANY_REQUESTS, reason);
-                    continue;
+                let permit = match ctx.limiter.stream(&peer.limit_key) {
+                    Ok(permit) => permit,
+                    Err(limit) => {
+                        let reason = match limit {
+                            LimitReason::Peers => format!(
+                                "{}: {} other peer identities already have tunnel streams open",
+                                limit.label(),
+                                super::limits::MAX_PEERS
+                            ),
+                            _ => format!(
+                                "{}: {} already has {} tunnel streams open",
+                                limit.label(),
+                                peer.limit_key,
+                                ctx.limiter.limits.max_streams_per_peer
+                            ),
+                        };
+                        let port = peer.addr.port();
+                        refuse(&ctx, &pod, &peer, port, respond, StatusCode::TOO_MANY_REQUESTS, reason);
+                        continue;
+                    }
                 };
                 let (ctx, pod, peer, in_flight) = (ctx.clone(), pod.clone(), peer.clone(), in_flight.clone());
                 tokio::spawn(async move {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::metrics::LimitCounters;
+use crate::{bounds::TableStat, metrics::LimitCounters};
 
 /// The limits, from the agent's flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,16 @@ pub enum LimitReason {
     HandshakeTimeout,
     IdleTimeout,
     StreamsPerPeer,
+    /// [`MAX_PEERS`] identities already have streams open.
+    Peers,
+    /// The HBONE connection pool is full of busy connections.
+    HbonePool,
 }
+
+/// Peer identities tracked with open streams at once; a stream of one more identity is refused
+/// (429) and counted. Each needs a certificate of the mesh's CA, so this only bounds a mesh
+/// with more distinct clients of one node than any real one has.
+pub const MAX_PEERS: usize = 65_536;
 
 impl LimitReason {
     pub fn label(self) -> &'static str {
@@ -48,6 +57,8 @@ impl LimitReason {
             LimitReason::HandshakeTimeout => "handshake_timeout",
             LimitReason::IdleTimeout => "idle_timeout",
             LimitReason::StreamsPerPeer => "streams_per_peer",
+            LimitReason::Peers => "peers",
+            LimitReason::HbonePool => "hbone_pool",
         }
     }
 }
@@ -131,23 +142,47 @@ impl Limiter {
         }
     }
 
-    /// A slot for one more inbound stream of `identity`, or `None` (counted) when it has
-    /// `max_streams_per_peer` open.
-    pub fn stream(self: &Arc<Self>, identity: &Arc<str>) -> Option<StreamPermit> {
-        let granted = self.streams.lock().is_ok_and(|mut streams| {
-            let open = streams.entry(identity.clone()).or_default();
-            let room = *open < self.limits.max_streams_per_peer;
-            if room {
-                *open += 1;
+    /// A slot for one more inbound stream of `identity`, or which limit refused it (counted):
+    /// it has `max_streams_per_peer` open, or [`MAX_PEERS`] other identities have streams.
+    pub fn stream(self: &Arc<Self>, identity: &Arc<str>) -> Result<StreamPermit, LimitReason> {
+        let refused = match self.streams.lock() {
+            Err(_) => Some(LimitReason::StreamsPerPeer),
+            Ok(streams) if !streams.contains_key(identity) && streams.len() >= MAX_PEERS => {
+                Some(LimitReason::Peers)
             }
-            room
-        });
-        if granted {
-            Some(StreamPermit { limiter: self.clone(), identity: identity.clone() })
-        } else {
-            self.hit(LimitReason::StreamsPerPeer);
-            None
+            Ok(mut streams) => {
+                let open = streams.entry(identity.clone()).or_default();
+                let room = *open < self.limits.max_streams_per_peer;
+                if room {
+                    *open += 1;
+                }
+                (!room).then_some(LimitReason::StreamsPerPeer)
+            }
+        };
+        match refused {
+            None => Ok(StreamPermit { limiter: self.clone(), identity: identity.clone() }),
+            Some(reason) => {
+                self.hit(reason);
+                Err(reason)
+            }
         }
+    }
+
+    /// The sizes of the limiter's tables: handshakes in progress by source address (at most
+    /// `max_handshakes` sources; refusals are the handshake limits' hits) and open streams by
+    /// peer identity (at most [`MAX_PEERS`]).
+    pub fn tables(&self) -> Vec<(&'static str, TableStat)> {
+        let sources = self.handshakes.lock().map_or(0, |u| u.by_key.len());
+        let peers = self.streams.lock().map_or(0, |s| s.len());
+        let refused_handshakes = self.counters.get(LimitReason::Handshakes.label())
+            + self.counters.get(LimitReason::HandshakesPerSource.label());
+        vec![
+            ("handshakes_by_source", TableStat::new(sources, self.limits.max_handshakes, refused_handshakes)),
+            (
+                "streams_by_peer",
+                TableStat::new(peers, MAX_PEERS, self.counters.get(LimitReason::Peers.label())),
+            ),
+        ]
     }
 
     /// Handshakes in progress (all sources), for tests.
@@ -216,6 +251,8 @@ mod tests {
         assert_eq!(limiter.handshakes_in_progress(), 3);
         assert_eq!(counters.get("handshakes_per_source"), 1);
         assert_eq!(counters.get("handshakes"), 1);
+        // Sources a and c hold slots; b's entry stays while its handshake runs.
+        assert_eq!(limiter.tables()[0].1, TableStat::new(3, 3, 2));
     }
 
     #[test]
@@ -225,10 +262,13 @@ mod tests {
         let y: Arc<str> = "spiffe://cluster.local/ns/a/sa/y".into();
         let first = limiter.stream(&x).unwrap();
         let _second = limiter.stream(&x).unwrap();
-        assert!(limiter.stream(&x).is_none());
-        assert!(limiter.stream(&y).is_some(), "another identity has its own budget");
+        assert_eq!(limiter.stream(&x).err(), Some(LimitReason::StreamsPerPeer));
+        let y1 = limiter.stream(&y).expect("another identity has its own budget");
+        assert_eq!(limiter.tables()[1].1, TableStat::new(2, MAX_PEERS, 0));
         drop(first);
-        assert!(limiter.stream(&x).is_some());
+        assert!(limiter.stream(&x).is_ok());
         assert_eq!(counters.get("streams_per_peer"), 1);
+        drop(y1);
+        assert_eq!(limiter.tables()[1].1.entries, 1, "an identity without streams is forgotten");
     }
 }

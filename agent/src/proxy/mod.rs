@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -43,6 +43,8 @@ pub struct EngineContext {
     pub balancer: AtomicUsize,
     /// Bounds on handshakes, idle connections and streams per peer.
     pub limiter: Arc<limits::Limiter>,
+    /// Captured connections accepted without an original destination in the kernel map.
+    pub orig_dst_misses: Arc<AtomicU64>,
 }
 
 /// One enrolled pod as the engine serves it.
@@ -131,9 +133,10 @@ impl Engine {
         sink: FlowSink,
         orig_dst: OrigDstMap,
         max_streams: u32,
+        max_connections: usize,
         limiter: Arc<limits::Limiter>,
     ) -> Self {
-        let pool = hbone::Pool::new(identities.clone(), max_streams);
+        let pool = hbone::Pool::new(identities.clone(), max_streams, max_connections);
         let ctx = EngineContext {
             identities,
             sink,
@@ -142,12 +145,22 @@ impl Engine {
             max_streams,
             balancer: AtomicUsize::new(0),
             limiter,
+            orig_dst_misses: Arc::default(),
         };
         Self { ctx: Arc::new(ctx), pods: HashMap::new() }
     }
 
     pub fn pool(&self) -> Arc<hbone::Pool> {
         self.ctx.pool.clone()
+    }
+
+    pub fn limiter(&self) -> Arc<limits::Limiter> {
+        self.ctx.limiter.clone()
+    }
+
+    /// Captured connections the engine accepted but found no original destination for (reset).
+    pub fn orig_dst_misses(&self) -> Arc<AtomicU64> {
+        self.ctx.orig_dst_misses.clone()
     }
 
     /// Starts serving pods it does not serve yet, and restarts pods whose namespace, identity

@@ -45,7 +45,10 @@ async fn handle(ctx: &EngineContext, pod: &PodProxy, app: TcpStream, peer: Socke
     // the app's port, so one pod can never pick up another's connection.
     let orig = ctx.orig_dst.lock().ok().and_then(|mut m| m.take_entry(pod.netns_cookie, peer.port()));
     let Some(orig) = orig else {
-        tracing::warn!(pod = %pod.workload.key, port = peer.port(), "captured connection without an original destination; resetting");
+        // The kernel's entry was evicted (ORIG_DST or ORIG_DST_BY_PORT full) or never made:
+        // nowhere to send it, so fail closed, and count it.
+        ctx.orig_dst_misses.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pod = %pod.workload.key, port = peer.port(), "captured connection without an original destination (kernel map entry evicted?); resetting");
         return sockets::reset(app);
     };
     let target = SocketAddrV4::new(u32::from_be(orig.ip4).into(), orig.port);
@@ -154,6 +157,9 @@ async fn tunnel(
     let stream = match ctx.pool.open(&pool_key, &pod.sockets, SocketAddr::V4(route.addr), client).await {
         Ok(stream) => stream,
         Err(error) => {
+            if matches!(error, TunnelError::PoolFull(_)) {
+                ctx.limiter.hit(super::limits::LimitReason::HbonePool);
+            }
             record.verdict = if error.is_denial() { Verdict::Denied } else { Verdict::Error };
             record.reason = Some(error.to_string());
             record.close(time::OffsetDateTime::now_utc(), 0, 0);

@@ -17,7 +17,8 @@ pub static ENROLLED: HashMap<u64, EnrolledPod> = HashMap::with_max_entries(4096,
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// `rcv_nxt` of sockets when they entered FIN_WAIT2, by socket cookie: tells at close whether
-/// the peer's FIN arrived afterwards (the kernel counts it in `bytes_received`).
+/// the peer's FIN arrived afterwards (the kernel counts it in `bytes_received`). Deleted at
+/// close.
 #[map(name = "FIN_WAIT2_RCV_NXT")]
 pub static FIN_WAIT2_RCV_NXT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
 
@@ -32,12 +33,14 @@ pub static FLOW_STARTS: LruHashMap<u64, FlowStart> = LruHashMap::with_max_entrie
 pub static CAPTURE: HashMap<CaptureKey, u32> = HashMap::with_max_entries(65_536, 0);
 
 /// Original destination of captured connections, by socket cookie: for `getpeername()` and
-/// for sock_ops to hand over to the engine. LRU: entries of sockets that are gone age out.
+/// for sock_ops to hand over to the engine. Deleted when the socket closes (sock_ops); the LRU
+/// only ages out entries of connects that never got established.
 #[map(name = "ORIG_DST")]
 pub static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Original destination of captured connections by (pod netns, app port), for the engine's
-/// `accept()`; the engine deletes each entry it reads.
+/// `accept()`; the engine deletes each entry it reads. An entry the LRU evicted before the
+/// engine accepted shows as `lockmesh_captured_without_destination_total`.
 #[map(name = "ORIG_DST_BY_PORT")]
 pub static ORIG_DST_BY_PORT: LruHashMap<PortKey, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
 

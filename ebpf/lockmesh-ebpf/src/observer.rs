@@ -134,7 +134,12 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
         if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
             let key = PortKey { netns_cookie: netns, port: local_port, _pad: [0; 6] };
             let _ = ORIG_DST_BY_PORT.insert(&key, orig, 0);
-            return; // the engine reports this flow, with its encryption
+            // The engine reports this flow, with its encryption; its close is only wanted to
+            // forget the original destination (`on_close`), so that ORIG_DST holds live sockets
+            // only and its LRU never evicts the entry of a long-lived connection.
+            let _ = ctx
+                .set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            return;
         }
     }
     let Some((local, remote)) = ipv4_endpoints(ctx) else {
@@ -180,6 +185,10 @@ fn on_fin_wait2(ctx: &SockOpsContext) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    // SAFETY: only tests presence. Captured connections are not reported by the kernel.
+    if unsafe { ORIG_DST.get(&cookie) }.is_some() {
+        return;
+    }
     let _ = FIN_WAIT2_RCV_NXT.insert(&cookie, &ctx_field!(ctx, rcv_nxt), 0);
 }
 
@@ -203,6 +212,16 @@ fn fins(ctx: &SockOpsContext, old: u32, cookie: u64) -> (u64, u64) {
 }
 
 fn on_close(ctx: &SockOpsContext, old: u32) {
+    // SAFETY: valid context pointer for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    // A captured connection (the app's end): forget its original destination, report nothing
+    // (the engine does). Even if its pod was unenrolled meanwhile.
+    // SAFETY: only tests presence; nothing is read through the pointer.
+    if unsafe { ORIG_DST.get(&cookie) }.is_some() {
+        let _ = ORIG_DST.remove(&cookie);
+        let _ = FIN_WAIT2_RCV_NXT.remove(&cookie);
+        return;
+    }
     // SAFETY: valid context pointer for this helper.
     let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
     if enrolled(netns).is_none() {

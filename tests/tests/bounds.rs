@@ -1,0 +1,180 @@
+//! Bounds: an agent whose kernel maps are deliberately too small (three pods for two ENROLLED
+//! entries, three STRICT entries for one) keeps running, says which map is full and what is
+//! left out, counts every refused write, and its entry gauges follow live connections and return
+//! to their baseline once they close.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockmesh_tests::{Agent, NodeSpec, PodSpec, Testbed, TestbedSpec};
+use serde_json::Value;
+
+/// Connections held open through the tunnel while the gauges are read.
+const HELD: u64 = 12;
+/// Long enough for the kernel-written maps' count (every 10 s) to see them.
+const HOLD_SECONDS: u64 = 25;
+/// The agent counts the kernel-written maps every 10 s.
+const COUNTED: Duration = Duration::from_secs(25);
+
+const STRICT_BOOKINFO: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: bookinfo}\nspec: {mtls: {mode: STRICT}}\n";
+
+/// `NAME{labels} VALUE` from the agent's /metrics, if present.
+fn metric(agent: &Agent, series: &str) -> Option<u64> {
+    let text = agent.get("/metrics").unwrap().text();
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
+}
+
+fn map_metric(agent: &Agent, name: &str, map: &str) -> u64 {
+    metric(agent, &format!("{name}{{map=\"{map}\"}}"))
+        .unwrap_or_else(|| panic!("{name}{{map=\"{map}\"}} missing from /metrics"))
+}
+
+fn table_entries(agent: &Agent, table: &str) -> u64 {
+    metric(agent, &format!("lockmesh_table_entries{{table=\"{table}\"}}"))
+        .unwrap_or_else(|| panic!("lockmesh_table_entries{{table=\"{table}\"}} missing"))
+}
+
+/// Polls until `done` holds for the value of `read`; fails with the last value.
+fn wait_for(what: &str, timeout: Duration, read: impl Fn() -> u64, done: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = read();
+        if done(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {value} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn full_kernel_maps_are_counted_and_logged_and_gauges_return_to_baseline() {
+    let tb = Testbed::up(&TestbedSpec {
+        nodes: vec![
+            NodeSpec::new(
+                "node1",
+                vec![
+                    PodSpec::new("productpage", "bookinfo"),
+                    PodSpec::new("reviews", "bookinfo"),
+                    PodSpec::new("ratings", "bookinfo"),
+                ],
+            ),
+            NodeSpec::new("node2", vec![PodSpec::new("details", "bookinfo")]),
+        ],
+    })
+    .expect("testbed up (needs root, iproute2)");
+    let config = tb.config_dir("config").unwrap();
+    std::fs::write(config.join("pa.yaml"), STRICT_BOOKINFO).unwrap();
+    let agent1 =
+        Agent::start(&tb, "node1", &config, &["--max-enrolled", "2", "--bpf-map-entries", "STRICT=1"])
+            .expect("an agent with full maps still gets ready");
+    let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let _details = tb.serve("details", 8080).unwrap();
+    let details = addr(&tb, "details", 8080);
+
+    // Capacities as asked, filled to the brim, the rest refused and counted.
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_capacity", "ENROLLED"), 2);
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_capacity", "STRICT"), 1);
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_entries", "ENROLLED"), 2);
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_entries", "STRICT"), 1);
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_capacity", "CAPTURE"), 65_536, "a default size");
+    let failed = map_metric(&agent1, "lockmesh_bpf_map_update_failures_total", "ENROLLED");
+    assert!(failed >= 1, "{failed}");
+    assert!(map_metric(&agent1, "lockmesh_bpf_map_update_failures_total", "STRICT") >= 2);
+    assert_eq!(map_metric(&agent1, "lockmesh_bpf_map_update_failures_total", "CAPTURE"), 0);
+
+    // /readyz names what is left out; the log names the map, the pod and the flag.
+    let ready: Value = agent1.get("/readyz").unwrap().json().unwrap();
+    assert_eq!(ready["ready"], true, "{ready:#}");
+    let enrolled_error =
+        ready["kernel_map_errors"]["ENROLLED"].as_str().expect("ENROLLED error in /readyz").to_string();
+    assert!(enrolled_error.contains("kernel map ENROLLED is full (2 of 2 entries)"), "{enrolled_error}");
+    assert!(enrolled_error.contains("raise --max-enrolled"), "{enrolled_error}");
+    let strict_error = ready["kernel_map_errors"]["STRICT"].as_str().expect("STRICT error in /readyz");
+    assert!(
+        strict_error.contains("STRICT is not enforced")
+            && strict_error.contains("--bpf-map-entries STRICT=N")
+    );
+    assert_eq!(ready["kernel_maps"]["ENROLLED"]["capacity"], 2, "{ready:#}");
+    println!("/readyz kernel_map_errors:\n  {enrolled_error}\n  {strict_error}");
+    let left_out: Vec<&str> = ["productpage", "reviews", "ratings"]
+        .into_iter()
+        .filter(|p| enrolled_error.contains(&format!("bookinfo/{p}")))
+        .collect();
+    assert_eq!(left_out.len(), 1, "exactly one pod does not fit: {enrolled_error}");
+    let left_out = left_out[0];
+    let enrolled = ["productpage", "reviews", "ratings"].into_iter().find(|p| *p != left_out).unwrap();
+    let log = agent1.log();
+    assert!(
+        log.contains("kernel map ENROLLED is full") && log.contains(&format!("bookinfo/{left_out}")),
+        "{log}"
+    );
+    assert!(log.contains("kernel map STRICT is full"), "{log}");
+
+    // It keeps running and retrying: every second's refused write is counted.
+    std::thread::sleep(Duration::from_secs(3));
+    let later = map_metric(&agent1, "lockmesh_bpf_map_update_failures_total", "ENROLLED");
+    assert!(later >= failed + 2, "retried every second: {failed} then {later}");
+    assert_eq!(agent1.get("/healthz").unwrap().status, 200);
+
+    // What the log says is what happens: the left-out pod's connections are not captured (so
+    // STRICT details resets its plaintext), an enrolled pod's go through the tunnel.
+    let (code, _, stderr) = tb.curl(left_out, &[&format!("http://{details}/")]).unwrap();
+    assert_eq!(code, 7, "plaintext from the pod outside ENROLLED must be reset by STRICT details: {stderr}");
+    assert_eq!(tb.get(enrolled, details, "/").unwrap()["status"], 200);
+
+    // Gauges follow live connections: HELD connections held open through the tunnel…
+    let baseline_orig = map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
+    let baseline_open = table_entries(&agent1, "flows_open");
+    let holder = std::thread::scope(|scope| {
+        let (count, seconds, connect) = (HELD.to_string(), HOLD_SECONDS.to_string(), details.to_string());
+        let tb = &tb;
+        let handle = scope.spawn(move || {
+            tb.client(enrolled, &["hold", "--connect", &connect, "--count", &count, "--seconds", &seconds])
+                .unwrap()
+        });
+        let orig = wait_for(
+            "ORIG_DST entries while connections are held",
+            COUNTED,
+            || map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
+            |n| n >= baseline_orig + HELD,
+        );
+        let open = wait_for(
+            "open flows while connections are held",
+            WAIT,
+            || table_entries(&agent1, "flows_open"),
+            |n| n >= baseline_open + HELD,
+        );
+        println!("held {HELD}: ORIG_DST {baseline_orig} → {orig}, open flows {baseline_open} → {open}");
+        handle.join().unwrap()
+    });
+    assert_eq!((holder["ok"].as_u64(), holder["failed"].as_u64()), (Some(HELD), Some(0)), "{holder}");
+    // …and back to the baseline once they are closed.
+    wait_for(
+        "ORIG_DST entries after the connections closed",
+        COUNTED,
+        || map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
+        |n| n == baseline_orig,
+    );
+    wait_for(
+        "open flows after the connections closed",
+        WAIT,
+        || table_entries(&agent1, "flows_open"),
+        |n| n == baseline_open,
+    );
+    assert_eq!(
+        map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST_BY_PORT"),
+        0,
+        "the engine took each entry"
+    );
+    assert_eq!(metric(&agent1, "lockmesh_captured_without_destination_total"), Some(0));
+    let flows = agent1.flows().unwrap();
+    let tunneled = flows
+        .iter()
+        .filter(|f| f["encryption"] == "mtls" && f["dst"]["port"] == 8080 && !f["end"].is_null())
+        .count();
+    assert!(tunneled as u64 > HELD, "{tunneled} closed mTLS flows");
+}
