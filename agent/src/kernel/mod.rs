@@ -562,10 +562,13 @@ mod tests {
             max_enrolled: 4096,
             map_entries: BTreeMap::new(),
         };
-        // What agents before --bpf-map-entries used: their pinned maps are adopted.
-        assert_eq!(maps_dir_name(&options), "maps-v2-e4096-r1048576");
+        // Default sizes keep the name agents before --bpf-map-entries used.
+        assert_eq!(maps_dir_name(&options), format!("maps-v{MAP_LAYOUT}-e4096-r1048576"));
         options.map_entries.insert("STRICT".into(), 16);
         options.map_entries.insert("CAPTURE".into(), 1000);
-        assert_eq!(maps_dir_name(&options), "maps-v2-e4096-r1048576-CAPTURE-1000-STRICT-16");
+        assert_eq!(
+            maps_dir_name(&options),
+            format!("maps-v{MAP_LAYOUT}-e4096-r1048576-CAPTURE-1000-STRICT-16")
+        );
     }
 }
