@@ -37,19 +37,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// Writes `yaml` as `name` in the config dir at once (rename), as `kubectl apply` would.
-fn apply(config: &Path, name: &str, yaml: &str) {
-    let tmp = config.parent().unwrap().join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, config.join(name)).unwrap();
-}
-
-fn namespace_policy(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: bookinfo\nspec:\n  mtls:\n    mode: {mode}\n"
-    )
-}
-
 fn ready(agent: &Agent) -> Value {
     agent.get("/readyz").unwrap().json().unwrap()
 }
@@ -380,10 +367,8 @@ fn audit_flows(path: &Path) -> Vec<Value> {
 }
 
 fn verify_audit(path: &Path) {
-    let binary = lockmesh_tests::workspace_binary("lockmesh").unwrap();
-    let out = std::process::Command::new(binary).args(["audit", "verify"]).arg(path).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "audit verify {}:\n{text}", path.display());
+    let (ok, report) = verify(&[path]);
+    assert!(ok, "audit verify {}:\n{report}", path.display());
 }
 
 #[test]

@@ -4,27 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 mod common;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use lockmesh_tests::{Agent, Testbed, app::MARKER, capture::Capture, testbed::WIRE_IF};
 use serde_json::Value;
-
-/// Writes `yaml` as `name` in the config dir at once (rename), as `kubectl apply` would.
-fn apply(config: &Path, name: &str, yaml: &str) {
-    let tmp = config.parent().unwrap().join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, config.join(name)).unwrap();
-}
-
-fn namespace_policy(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: bookinfo\nspec:\n  mtls:\n    mode: {mode}\n"
-    )
-}
 
 const DETAILS_SERVICE: &str = "\
 apiVersion: v1

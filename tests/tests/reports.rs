@@ -7,26 +7,12 @@ mod common;
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use common::*;
 use lockmesh_tests::{Agent, Testbed};
 use serde_json::Value;
-
-fn lockmesh(args: &[&str]) -> (bool, String) {
-    let binary = lockmesh_tests::workspace_binary("lockmesh").unwrap();
-    let out = Command::new(binary).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn verify(files: &[&Path]) -> (bool, String) {
-    let mut args = vec!["audit".to_string(), "verify".to_string()];
-    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
-    lockmesh(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
 
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use lockmesh_tests::{NodeSpec, PodSpec, Testbed, TestbedSpec};
 use serde_json::Value;
@@ -48,4 +48,33 @@ pub fn find<'a>(flows: &'a [Value], reporter: &str, src: &str, dst: &str, dst_po
 
 pub fn closed(flows: &[Value], reporter: &str, src: &str, dst: &str, dst_port: u16) -> usize {
     find(flows, reporter, src, dst, dst_port).iter().filter(|f| !f["end"].is_null()).count()
+}
+
+/// Writes `yaml` as `name` in the config dir at once (rename), as `kubectl apply` would.
+pub fn apply(config: &Path, name: &str, yaml: &str) {
+    let tmp = config.parent().unwrap().join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, config.join(name)).unwrap();
+}
+
+/// bookinfo's namespace-wide PeerAuthentication in `mode`.
+pub fn namespace_policy(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: bookinfo\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+/// Runs the lockmesh CLI; returns whether it succeeded and its stdout + stderr.
+pub fn lockmesh(args: &[&str]) -> (bool, String) {
+    let binary = lockmesh_tests::workspace_binary("lockmesh").unwrap();
+    let out = Command::new(binary).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `lockmesh audit verify FILES…`.
+pub fn verify(files: &[&Path]) -> (bool, String) {
+    let mut args = vec!["audit".to_string(), "verify".to_string()];
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    lockmesh(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
