@@ -4,7 +4,7 @@
 //! ztunnel's so the two interoperate.
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -15,6 +15,7 @@ use std::{
 use bytes::Bytes;
 use h2::{RecvStream, SendStream, client::SendRequest};
 use http::{Method, Request, StatusCode};
+use lockmesh_common::engine;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -324,7 +325,7 @@ fn trace_ids() -> (u128, u64) {
 }
 
 /// The client address a CONNECT request names in its `forwarded: for="ip:port"` header.
-pub fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
+pub fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
     let value = request.headers().get(http::header::FORWARDED)?.to_str().ok()?;
     value
         .split(';')
@@ -332,6 +333,36 @@ pub fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
         .find_map(|pair| pair.trim().strip_prefix("for="))
         .map(|v| v.trim_matches('"'))
         .and_then(|v| v.parse().ok())
+}
+
+/// The client port of an incoming CONNECT from the TCP peer `peer`: the one its `forwarded`
+/// header reports when that names the peer's own address (its engine knows the client's port),
+/// else the peer's.
+pub fn client_port<B>(request: &Request<B>, peer: SocketAddr) -> u16 {
+    let client_ip = crate::flows::ipv4(peer);
+    forwarded_for(request).filter(|a| crate::flows::ipv4(*a) == client_ip).map_or(peer.port(), |a| a.port())
+}
+
+/// The app address an incoming CONNECT names, if it is one of `addresses` (the pod's) and not
+/// one of the engine's own ports; else the status to answer and why.
+pub fn connect_target<B>(
+    request: &Request<B>,
+    addresses: &[Ipv4Addr],
+) -> Result<SocketAddrV4, (StatusCode, String)> {
+    if request.method() != Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("HBONE: {} is not CONNECT", request.method())));
+    }
+    let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or_default();
+    let Ok(target) = authority.parse::<SocketAddrV4>() else {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: authority {authority:?} is not ip:port")));
+    };
+    if !addresses.contains(target.ip()) {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: {target} is not a workload of this pod")));
+    }
+    if target.port() == 0 || [engine::OUTBOUND_PORT, engine::HBONE_PORT].contains(&target.port()) {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: port {} is not an app port", target.port())));
+    }
+    Ok(target)
 }
 
 /// Settings of the server side, matching the client's.
