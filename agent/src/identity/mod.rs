@@ -368,7 +368,11 @@ pub fn peer_info(state: &rustls::CommonState) -> PeerInfo {
 
 impl PeerInfo {
     /// What the peer's leaf certificate (DER) tells: its SPIFFE ID, serial and expiry.
-    pub fn new(version: String, cipher: String, leaf: Option<&rustls::pki_types::CertificateDer<'_>>) -> Self {
+    pub fn new(
+        version: String,
+        cipher: String,
+        leaf: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Self {
         let identity = leaf.and_then(|der| spiffe_id_of(der).ok()).map(|id| id.to_string());
         let parsed = leaf.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
         let serial = parsed.as_ref().map(|(_, cert)| ca::hex(cert.raw_serial()));
