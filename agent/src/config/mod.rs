@@ -233,17 +233,23 @@ fn drop_address_conflicts(
 }
 
 /// Objects that failed to parse keep their previous good version when we can tell which object
-/// the broken document meant (same kind, namespace and name).
+/// the broken document meant (same kind, namespace and name). A previous version that a valid
+/// document of this read still defines (at the same position) is that document's, not the broken
+/// one's: a broken duplicate of a valid object has no good version to keep.
 fn merge_with_previous(
     parsed: Vec<Result<ParsedObject, Option<ObjectId>>>,
     previous: Vec<ParsedObject>,
 ) -> Vec<ParsedObject> {
+    let valid: Vec<(ObjectId, Option<usize>)> =
+        parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| (p.id.clone(), p.document)).collect();
     let mut out = Vec::with_capacity(parsed.len());
     for item in parsed {
         match item {
             Ok(object) => out.push(object),
             Err(Some(id)) => {
-                if let Some(old) = previous.iter().find(|p| p.id == id) {
+                let still_valid =
+                    |p: &ParsedObject| valid.iter().any(|(i, d)| *i == p.id && *d == p.document);
+                if let Some(old) = previous.iter().find(|p| p.id == id && !still_valid(p)) {
                     out.push(old.clone());
                 }
             }
