@@ -1,6 +1,7 @@
 //! `cargo xtask …`: everything a developer or CI does with lockmesh, one command each.
 mod bench;
 mod demo;
+mod fuzz;
 mod manifests;
 mod setup;
 mod step;
@@ -27,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker, the manifest
-    /// tools' venv), mount bpffs.
+    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker, cargo-fuzz, the
+    /// manifest tools' venv), mount bpffs.
     /// Idempotent: says what it did and skips what is already there.
     Setup,
     /// Build the agent (with its eBPF programs embedded) and the test app.
@@ -67,6 +68,10 @@ enum Task {
     /// Benchmark lockmesh against plaintext, stunnel4 and HAProxy on a two-node testbed (root):
     /// throughput, latency, connection rate, CPU per GB, memory; writes bench/results/.
     Bench(bench::Args),
+    /// Run the cargo-fuzz targets of agent/fuzz (the config dir's YAML, Istio objects → policy,
+    /// HBONE CONNECT checks, peer certificates → SPIFFE IDs), each for a while from its seed
+    /// corpus; fails with the crashing input. Needs `cargo xtask setup` (nightly, cargo-fuzz).
+    Fuzz(fuzz::Args),
 }
 
 fn main() {
@@ -80,6 +85,7 @@ fn main() {
         Task::Test { args } => test(&args),
         Task::Demo { keep } => demo::run(keep),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

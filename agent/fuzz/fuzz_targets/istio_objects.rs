@@ -187,10 +187,12 @@ fuzz_target!(|data: &[u8]| {
 
     let mesh = MeshParams::default();
     let base = base();
-    for policies in [
-        (peer_authentications.into_values().collect(), destination_rules.into_values().collect()),
-        (from_kube.peer_authentications, from_kube.destination_rules),
-    ] {
+    let from_yaml: (Vec<_>, Vec<_>) =
+        (peer_authentications.into_values().collect(), destination_rules.into_values().collect());
+    let from_kube = (from_kube.peer_authentications, from_kube.destination_rules);
+    // Usually both sources agree; the policy is evaluated once per distinct outcome.
+    let distinct = if from_kube == from_yaml { vec![from_yaml] } else { vec![from_yaml, from_kube] };
+    for policies in distinct {
         let state = ClusterState {
             workloads: base.workloads.clone(),
             services: base.services.clone(),
