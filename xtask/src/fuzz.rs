@@ -129,9 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (target, artifact, log) in &failures {
         eprintln!("\n{target} failed; its output: {}", log.display());
         if let Ok(text) = fs::read_to_string(log) {
-            // The panic message and the stack, without the fuzzer's progress lines.
-            let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
+            for line in failure_excerpt(&text) {
                 eprintln!("    {line}");
             }
         }
@@ -256,6 +254,22 @@ impl Outcome {
     }
 }
 
+/// What to show of a failed run: from the panic (or libFuzzer's or ASan's report) on, else the
+/// end of the output; long lines (a failed `assert_eq!` of big values) cut.
+fn failure_excerpt(text: &str) -> Vec<String> {
+    const REPORTS: &[&str] = &["panicked at", "ERROR: libFuzzer", "ERROR: AddressSanitizer"];
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let start = lines
+        .iter()
+        .position(|l| REPORTS.iter().any(|r| l.contains(r)))
+        .unwrap_or(lines.len().saturating_sub(25));
+    let cut = |line: &&str| match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_string(),
+    };
+    lines[start..].iter().take(25).map(cut).collect()
+}
+
 fn summary(outcome: &Outcome, success: bool, seconds: u64) -> String {
     let show = |value: Option<u64>| value.map_or_else(|| "?".to_string(), |v| v.to_string());
     let result = match (&outcome.artifact, success) {
@@ -302,6 +316,19 @@ mod tests {
             }
         );
         assert!(summary(&outcome, false, 15).contains("FAILED: agent/fuzz/artifacts/certificate/crash-0a1b"));
+    }
+
+    #[test]
+    fn failure_excerpt_starts_at_the_panic() {
+        let long = "x".repeat(400);
+        let text = format!(
+            "INFO: Seed: 1\n#2 INITED cov: 1\nthread '<unnamed>' panicked at src/a.rs:1:1:\n{long}\nstack\n"
+        );
+        let excerpt = failure_excerpt(&text);
+        assert!(excerpt[0].contains("panicked at"), "{excerpt:?}");
+        assert_eq!(excerpt[1].chars().count(), 301);
+        assert_eq!(excerpt.len(), 3);
+        assert_eq!(failure_excerpt("a\nb\n"), ["a", "b"]);
     }
 
     #[test]
