@@ -2,6 +2,7 @@
 mod bench;
 mod chaos;
 mod demo;
+mod fuzz;
 mod manifests;
 mod setup;
 mod step;
@@ -28,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker, the manifest
-    /// tools' venv), mount bpffs.
+    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker, cargo-fuzz, the
+    /// manifest tools' venv), mount bpffs.
     /// Idempotent: says what it did and skips what is already there.
     Setup,
     /// Build the agent (with its eBPF programs embedded) and the test app.
@@ -72,6 +73,10 @@ enum Task {
     /// under a plaintext hammer and in-mesh load, certificates rotating under load, thousands
     /// of connections coming and going; prints a summary table. Short form by default (CI).
     Chaos(chaos::Args),
+    /// Run the cargo-fuzz targets of agent/fuzz (the config dir's YAML, Istio objects → policy,
+    /// HBONE CONNECT checks, peer certificates → SPIFFE IDs), each for a while from its seed
+    /// corpus; fails with the crashing input. Needs `cargo xtask setup` (nightly, cargo-fuzz).
+    Fuzz(fuzz::Args),
 }
 
 fn main() {
@@ -86,6 +91,7 @@ fn main() {
         Task::Demo { keep } => demo::run(keep),
         Task::Bench(args) => bench::run(args),
         Task::Chaos(args) => chaos::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

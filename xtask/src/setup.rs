@@ -27,12 +27,15 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` drives it (with the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> anyhow::Result<()> {
     crate::require_root("setup (apt, mounting bpffs)")?;
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     manifest_tools()?;
     eprintln!("setup complete");
@@ -99,6 +102,30 @@ fn bpf_linker() -> anyhow::Result<()> {
     })
 }
 
+fn cargo_fuzz_version() -> Option<String> {
+    let output = Command::new("cargo").args(["fuzz", "--version"]).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if let Some(version) = cargo_fuzz_version()
+        && version.contains(CARGO_FUZZ_VERSION)
+    {
+        step::note(&format!("cargo-fuzz: {version}"));
+        return Ok(());
+    }
+    step::run(&format!("building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)"), || {
+        sh(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]))
+    })
+}
+
 fn bpffs() -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/bpf");
     if is_bpffs(root) {
@@ -147,6 +174,18 @@ pub fn check_build_prerequisites() -> anyhow::Result<()> {
     }
     if !has_rust_src() {
         bail!("the nightly toolchain lacks rust-src: run `cargo xtask setup` first");
+    }
+    Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: cargo-fuzz and the nightly toolchain's rustc.
+pub fn check_fuzz_prerequisites() -> anyhow::Result<()> {
+    if cargo_fuzz_version().is_none() {
+        bail!("cargo-fuzz is missing: run `cargo xtask setup` first");
+    }
+    let nightly = Command::new("rustc").args(["+nightly", "--version"]).output();
+    if !nightly.is_ok_and(|o| o.status.success()) {
+        bail!("the nightly toolchain is missing: run `cargo xtask setup` first");
     }
     Ok(())
 }

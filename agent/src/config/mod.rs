@@ -66,12 +66,23 @@ impl ConfigDir {
         let mut paths: Vec<PathBuf> =
             entries.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|p| is_config_file(p)).collect();
         paths.sort();
+        Ok(self.load(paths.into_iter().map(|path| {
+            let text = fs::read_to_string(&path);
+            (path, text)
+        })))
+    }
 
+    /// What [`reload`](Self::reload) does with the directory's files (each path, in order, with
+    /// its text or the error reading it): parse them, keep the last good version of what a broken
+    /// one described, and merge everything into the state. Files not listed are forgotten.
+    /// Public for the fuzz targets (`agent/fuzz`), which feed it without a directory.
+    #[doc(hidden)]
+    pub fn load(&mut self, files: impl IntoIterator<Item = (PathBuf, std::io::Result<String>)>) -> Reload {
         let mut errors = Vec::new();
-        let mut files = BTreeMap::new();
-        for path in paths {
+        let mut files_now = BTreeMap::new();
+        for (path, text) in files {
             let previous = self.files.remove(&path).unwrap_or_default();
-            let objects = match fs::read_to_string(&path) {
+            let objects = match text {
                 Ok(text) => {
                     let (parsed, file_errors) = parse_file(&path, &text, &self.root_namespace);
                     if file_errors.iter().any(ConfigError::is_syntax) {
@@ -88,12 +99,12 @@ impl ConfigDir {
                     previous
                 }
             };
-            files.insert(path, objects);
+            files_now.insert(path, objects);
         }
-        self.files = files;
+        self.files = files_now;
         let (state, merge_errors) = self.state();
         errors.extend(merge_errors);
-        Ok(Reload { state, errors })
+        Reload { state, errors }
     }
 
     fn state(&self) -> (ClusterState, Vec<ConfigError>) {
@@ -222,17 +233,23 @@ fn drop_address_conflicts(
 }
 
 /// Objects that failed to parse keep their previous good version when we can tell which object
-/// the broken document meant (same kind, namespace and name).
+/// the broken document meant (same kind, namespace and name). A previous version that a valid
+/// document of this read still defines (at the same position) is that document's, not the broken
+/// one's: a broken duplicate of a valid object has no good version to keep.
 fn merge_with_previous(
     parsed: Vec<Result<ParsedObject, Option<ObjectId>>>,
     previous: Vec<ParsedObject>,
 ) -> Vec<ParsedObject> {
+    let valid: Vec<(ObjectId, Option<usize>)> =
+        parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| (p.id.clone(), p.document)).collect();
     let mut out = Vec::with_capacity(parsed.len());
     for item in parsed {
         match item {
             Ok(object) => out.push(object),
             Err(Some(id)) => {
-                if let Some(old) = previous.iter().find(|p| p.id == id) {
+                let still_valid =
+                    |p: &ParsedObject| valid.iter().any(|(i, d)| *i == p.id && *d == p.document);
+                if let Some(old) = previous.iter().find(|p| p.id == id && !still_valid(p)) {
                     out.push(old.clone());
                 }
             }

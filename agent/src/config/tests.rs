@@ -121,3 +121,33 @@ fn semantic_checks_name_fields() {
         );
     }
 }
+
+/// Found by the config_yaml fuzz target: a broken duplicate of a valid object took the valid
+/// one's version as its own last good version, so reloading unchanged files reported a
+/// "duplicate" the first read did not.
+#[test]
+fn broken_duplicate_of_a_valid_object_is_stable_across_reloads() {
+    let broken = DETAILS.replace("[10.77.2.2]", "[10.77.2.300]");
+    for text in [format!("{DETAILS}---\n{broken}"), format!("{broken}---\n{DETAILS}")] {
+        let dir = dir_with(&[("a.yaml", &text)]);
+        let mut config = ConfigDir::new(dir.path());
+        let first = config.reload().unwrap();
+        assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+        assert_eq!(first.state.workloads.len(), 1);
+        let again = config.reload().unwrap();
+        assert_eq!(again.errors, first.errors);
+        assert_eq!(again.state, first.state);
+    }
+}
+
+#[test]
+fn broken_first_definition_keeps_its_last_good_version_over_a_duplicate() {
+    let duplicate = DETAILS.replace("node2", "node3");
+    let dir = dir_with(&[("a.yaml", &format!("{DETAILS}---\n{duplicate}"))]);
+    let mut config = ConfigDir::new(dir.path());
+    assert_eq!(config.reload().unwrap().state.workloads[0].node, "node2");
+    let broken = DETAILS.replace("[10.77.2.2]", "[10.77.2.300]");
+    fs::write(dir.path().join("a.yaml"), format!("{broken}---\n{duplicate}")).unwrap();
+    let reload = config.reload().unwrap();
+    assert_eq!(reload.state.workloads[0].node, "node2", "{:?}", reload.errors);
+}

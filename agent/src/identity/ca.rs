@@ -232,7 +232,9 @@ fn ca_params(trust_domain: &str, name: &str, path_len: u8) -> CertificateParams 
     params
 }
 
-pub(super) fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM file (plug-in CA files, the CA service's root); `path` names it in
+/// errors.
+pub fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: bad PEM certificate", path.display()))

@@ -6,7 +6,9 @@ pub mod ca;
 mod issuer;
 pub mod remote;
 pub mod spiffe;
-pub(crate) mod verify;
+/// Public for the fuzz targets (`agent/fuzz`): the verifiers as rustls calls them.
+#[doc(hidden)]
+pub mod verify;
 
 use std::{
     collections::HashMap,
@@ -441,13 +443,24 @@ pub fn peer_info(state: &rustls::CommonState) -> PeerInfo {
     let cipher =
         state.negotiated_cipher_suite().map_or_else(|| "unknown".into(), |s| format!("{:?}", s.suite()));
     let leaf = state.peer_certificates().and_then(|c| c.first());
-    let identity = leaf.and_then(|der| spiffe_id_of(der).ok()).map(|id| id.to_string());
-    let parsed = leaf.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
-    let serial = parsed.as_ref().map(|(_, cert)| ca::hex(cert.raw_serial()));
-    let not_after = parsed.as_ref().and_then(|(_, cert)| {
-        OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
-    });
-    PeerInfo { identity, version, cipher, serial, not_after }
+    PeerInfo::new(version, cipher, leaf)
+}
+
+impl PeerInfo {
+    /// What the peer's leaf certificate (DER) tells: its SPIFFE ID, serial and expiry.
+    pub fn new(
+        version: String,
+        cipher: String,
+        leaf: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Self {
+        let identity = leaf.and_then(|der| spiffe_id_of(der).ok()).map(|id| id.to_string());
+        let parsed = leaf.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
+        let serial = parsed.as_ref().map(|(_, cert)| ca::hex(cert.raw_serial()));
+        let not_after = parsed.as_ref().and_then(|(_, cert)| {
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+        });
+        PeerInfo { identity, version, cipher, serial, not_after }
+    }
 }
 
 /// A flow `reason` for a failed handshake, from the error tokio-rustls returned.

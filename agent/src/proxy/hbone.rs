@@ -4,7 +4,7 @@
 //! ztunnel's so the two interoperate.
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -15,6 +15,7 @@ use std::{
 use bytes::Bytes;
 use h2::{RecvStream, SendStream, client::SendRequest};
 use http::{Method, Request, StatusCode};
+use lockmesh_common::engine;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -385,7 +386,7 @@ fn trace_ids() -> (u128, u64) {
 }
 
 /// The client address a CONNECT request names in its `forwarded: for="ip:port"` header.
-pub fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
+pub fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
     let value = request.headers().get(http::header::FORWARDED)?.to_str().ok()?;
     value
         .split(';')
@@ -393,6 +394,36 @@ pub fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
         .find_map(|pair| pair.trim().strip_prefix("for="))
         .map(|v| v.trim_matches('"'))
         .and_then(|v| v.parse().ok())
+}
+
+/// The client port of an incoming CONNECT from the TCP peer `peer`: the one its `forwarded`
+/// header reports when that names the peer's own address (its engine knows the client's port),
+/// else the peer's.
+pub fn client_port<B>(request: &Request<B>, peer: SocketAddr) -> u16 {
+    let client_ip = crate::flows::ipv4(peer);
+    forwarded_for(request).filter(|a| crate::flows::ipv4(*a) == client_ip).map_or(peer.port(), |a| a.port())
+}
+
+/// The app address an incoming CONNECT names, if it is one of `addresses` (the pod's) and not
+/// one of the engine's own ports; else the status to answer and why.
+pub fn connect_target<B>(
+    request: &Request<B>,
+    addresses: &[Ipv4Addr],
+) -> Result<SocketAddrV4, (StatusCode, String)> {
+    if request.method() != Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("HBONE: {} is not CONNECT", request.method())));
+    }
+    let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or_default();
+    let Ok(target) = authority.parse::<SocketAddrV4>() else {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: authority {authority:?} is not ip:port")));
+    };
+    if !addresses.contains(target.ip()) {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: {target} is not a workload of this pod")));
+    }
+    if target.port() == 0 || [engine::OUTBOUND_PORT, engine::HBONE_PORT].contains(&target.port()) {
+        return Err((StatusCode::BAD_REQUEST, format!("HBONE: port {} is not an app port", target.port())));
+    }
+    Ok(target)
 }
 
 /// Settings of the server side, matching the client's.
@@ -483,5 +514,43 @@ mod tests {
         let _room = pool.admit().expect("the dial ended: room again");
         let refusal = TunnelError::PoolFull(2).to_string();
         assert!(refusal.contains("--hbone-max-connections"), "{refusal}");
+    }
+
+    const POD: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 2, 2), Ipv4Addr::new(10, 77, 2, 3)];
+
+    fn connect(authority: &str, forwarded: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
+        if let Some(forwarded) = forwarded {
+            builder = builder.header(http::header::FORWARDED, forwarded);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn connect_target_accepts_only_app_ports_of_the_pod() {
+        let ok = connect_target(&connect("10.77.2.3:9080", None), &POD);
+        assert_eq!(ok, Ok("10.77.2.3:9080".parse().unwrap()));
+        for (authority, status) in [
+            ("10.77.2.9:9080", StatusCode::BAD_REQUEST),
+            ("details:9080", StatusCode::BAD_REQUEST),
+            ("10.77.2.2:15008", StatusCode::BAD_REQUEST),
+            ("10.77.2.2:15001", StatusCode::BAD_REQUEST),
+            ("10.77.2.2:0", StatusCode::BAD_REQUEST),
+        ] {
+            let refused = connect_target(&connect(authority, None), &POD);
+            assert_eq!(refused.map_err(|(s, _)| s), Err(status), "{authority}");
+        }
+        let get = Request::get("http://10.77.2.2:9080/").body(()).unwrap();
+        assert_eq!(connect_target(&get, &POD).map_err(|(s, _)| s), Err(StatusCode::METHOD_NOT_ALLOWED));
+    }
+
+    #[test]
+    fn client_port_comes_from_forwarded_only_for_the_peer_address() {
+        let peer: SocketAddr = "10.77.1.2:40000".parse().unwrap();
+        let own = connect("10.77.2.2:9080", Some("for=\"10.77.1.2:51234\""));
+        assert_eq!(client_port(&own, peer), 51234);
+        let other = connect("10.77.2.2:9080", Some("for=\"10.77.1.9:51234\""));
+        assert_eq!(client_port(&other, peer), 40000);
+        assert_eq!(client_port(&connect("10.77.2.2:9080", None), peer), 40000);
     }
 }

@@ -4,14 +4,14 @@
 //! peer, and copies both ways. Handshakes, idle connections and streams per peer identity are
 //! bounded (see `limits`).
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use lockmesh_common::engine;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -231,11 +231,9 @@ async fn stream(
     let started = time::OffsetDateTime::now_utc();
     let client_ip = crate::flows::ipv4(peer.addr);
     // The client's own port, as its engine reports it; the address is the TCP peer's.
-    let client_port = hbone::forwarded_for(&request)
-        .filter(|a| crate::flows::ipv4(*a) == client_ip)
-        .map_or(peer.addr.port(), |a| a.port());
+    let client_port = hbone::client_port(&request, peer.addr);
     let src = ctx.sink.remote_endpoint(client_ip, client_port, peer.identity.clone());
-    let target = match target(pod, &request) {
+    let target = match hbone::connect_target(&request, &pod.workload.addresses) {
         Ok(target) => target,
         Err((status, reason)) => return refuse(ctx, pod, peer, client_port, respond, status, reason),
     };
@@ -291,24 +289,6 @@ async fn stream(
     if matches!(error, Some(copy::CopyError::Tunnel(_) | copy::CopyError::TunnelClosed)) {
         sockets::reset(app);
     }
-}
-
-/// The app address a CONNECT names, if it is this pod's and not one of the engine's own ports.
-fn target(pod: &PodProxy, request: &Request<h2::RecvStream>) -> Result<SocketAddrV4, (StatusCode, String)> {
-    if request.method() != Method::CONNECT {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("HBONE: {} is not CONNECT", request.method())));
-    }
-    let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or_default();
-    let Ok(target) = authority.parse::<SocketAddrV4>() else {
-        return Err((StatusCode::BAD_REQUEST, format!("HBONE: authority {authority:?} is not ip:port")));
-    };
-    if !pod.workload.addresses.contains(target.ip()) {
-        return Err((StatusCode::BAD_REQUEST, format!("HBONE: {target} is not a workload of this pod")));
-    }
-    if target.port() == 0 || [engine::OUTBOUND_PORT, engine::HBONE_PORT].contains(&target.port()) {
-        return Err((StatusCode::BAD_REQUEST, format!("HBONE: port {} is not an app port", target.port())));
-    }
-    Ok(target)
 }
 
 fn status_response(status: StatusCode) -> Response<()> {
