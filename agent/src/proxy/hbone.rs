@@ -13,7 +13,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use h2::{RecvStream, SendStream, client::SendRequest};
+use h2::{
+    RecvStream, SendStream,
+    client::{ResponseFuture, SendRequest},
+};
 use http::{Method, Request, StatusCode};
 use lockmesh_common::engine;
 use rustls::pki_types::ServerName;
@@ -81,13 +84,30 @@ struct Connection {
     idle_since: Mutex<Instant>,
 }
 
-/// An open tunnel stream; holds its connection's stream slot until dropped.
+/// A tunnel stream whose CONNECT is sent: data may follow at once, before the peer answers
+/// (its [`Answer`] comes with it). Holds its connection's stream slot until dropped.
 pub struct Stream {
     pub send: SendStream<Bytes>,
-    pub recv: RecvStream,
     pub tls: TlsInfo,
     pub peer_identity: String,
     _slot: Slot,
+}
+
+/// The peer engine's answer to a CONNECT, and with it the peer → app direction.
+pub struct Answer {
+    response: ResponseFuture,
+    dst: SocketAddr,
+}
+
+impl Answer {
+    /// The stream from the peer once it answered 200; any other answer is refusal.
+    pub async fn accepted(self) -> Result<RecvStream, TunnelError> {
+        let response = self.response.await.map_err(|e| TunnelError::Http2(self.dst, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(TunnelError::Status(self.dst, response.status()));
+        }
+        Ok(response.into_body())
+    }
 }
 
 struct Slot(Arc<Connection>);
@@ -150,15 +170,16 @@ impl Pool {
         pool
     }
 
-    /// Opens a CONNECT stream to `authority` through a pooled connection for `key`, dialing
-    /// (from inside the source pod) when no pooled connection has room.
+    /// Sends a CONNECT for `authority` through a pooled connection for `key`, dialing (from
+    /// inside the source pod) when no pooled connection has room. Returns once the request is
+    /// queued, not when it is answered: that is the [`Answer`].
     pub async fn open(
         &self,
         key: &PoolKey,
         sockets: &PodSockets,
         authority: SocketAddr,
         client: SocketAddr,
-    ) -> Result<Stream, TunnelError> {
+    ) -> Result<(Stream, Answer), TunnelError> {
         let connection = match self.reserve(key) {
             Some(c) => c,
             None => {
@@ -189,17 +210,13 @@ impl Pool {
         sender = sender.ready().await.map_err(|e| TunnelError::Http2(dst, e))?;
         let request = connect_request(authority, client);
         let (response, send) = sender.send_request(request, false).map_err(|e| TunnelError::Http2(dst, e))?;
-        let response = response.await.map_err(|e| TunnelError::Http2(dst, e))?;
-        if response.status() != StatusCode::OK {
-            return Err(TunnelError::Status(dst, response.status()));
-        }
-        Ok(Stream {
+        let stream = Stream {
             send,
-            recv: response.into_body(),
             tls: connection.tls.clone(),
             peer_identity: connection.peer_identity.clone(),
             _slot: slot,
-        })
+        };
+        Ok((stream, Answer { response, dst }))
     }
 
     /// A live pooled connection with a free stream slot, its slot taken.

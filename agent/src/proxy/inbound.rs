@@ -278,7 +278,8 @@ async fn stream(
             return sockets::reset(app);
         }
     };
-    let (copied, error) = copy::bidirectional(&mut app, send, request.into_body()).await;
+    let (copied, error) =
+        copy::bidirectional(&mut app, send, request.into_body(), copy::Early::Nothing).await;
     // The record counts client → server: what arrived through the tunnel went to the app.
     ctx.sink.close(key, |record| {
         if let Some(error) = &error {

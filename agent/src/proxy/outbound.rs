@@ -154,8 +154,15 @@ async fn tunnel(
         dst: SocketAddr::new((*route.addr.ip()).into(), engine::HBONE_PORT),
     };
     let client = SocketAddr::new(pod.ip.into(), peer.port());
-    let stream = match ctx.pool.open(&pool_key, &pod.sockets, SocketAddr::V4(route.addr), client).await {
-        Ok(stream) => stream,
+    let opened = match ctx.pool.open(&pool_key, &pod.sockets, SocketAddr::V4(route.addr), client).await {
+        Ok((mut stream, answer)) => {
+            let (answer, early) = copy::while_answering(&app, &mut stream.send, answer.accepted()).await;
+            answer.map(|recv| (stream, recv, early))
+        }
+        Err(error) => Err(error),
+    };
+    let (stream, recv, early) = match opened {
+        Ok(opened) => opened,
         Err(error) => {
             if matches!(error, TunnelError::PoolFull(_)) {
                 ctx.limiter.hit(super::limits::LimitReason::HbonePool);
@@ -172,7 +179,7 @@ async fn tunnel(
     record.tls = Some(stream.tls.clone());
     ctx.sink.open(key, record);
 
-    let (copied, error) = copy::bidirectional(&mut app, stream.send, stream.recv).await;
+    let (copied, error) = copy::bidirectional(&mut app, stream.send, recv, early).await;
     ctx.sink.close(key, |record| {
         if let Some(error) = &error {
             record.reason = Some(error.to_string());
