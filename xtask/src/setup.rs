@@ -81,19 +81,38 @@ fn rust_src() -> anyhow::Result<()> {
     })
 }
 
-fn bpf_linker_version() -> Option<String> {
-    let output = Command::new("bpf-linker").arg("--version").output().ok()?;
+/// What `program args…` prints, if it runs and succeeds (a tool's `--version`).
+fn tool_version(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-fn bpf_linker() -> anyhow::Result<()> {
-    if let Some(version) = bpf_linker_version()
-        && version.contains(BPF_LINKER_VERSION)
+fn bpf_linker_version() -> Option<String> {
+    tool_version("bpf-linker", &["--version"])
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    tool_version("cargo", &["fuzz", "--version"])
+}
+
+/// Installs a tool at exactly `version` with `install`, unless `installed` (its `--version`) already is it.
+fn cargo_install_pinned(
+    name: &str,
+    installed: Option<String>,
+    version: &str,
+    install: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if let Some(found) = installed
+        && found.contains(version)
     {
-        step::note(&format!("bpf-linker: {version}"));
+        step::note(&format!("{name}: {found}"));
         return Ok(());
     }
-    step::run(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"), || {
+    step::run(&format!("building {name} {version} (about a minute)"), install)
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    cargo_install_pinned("bpf-linker", bpf_linker_version(), BPF_LINKER_VERSION, || {
         let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
         sh(Command::new("cargo")
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
@@ -102,19 +121,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     })
 }
 
-fn cargo_fuzz_version() -> Option<String> {
-    let output = Command::new("cargo").args(["fuzz", "--version"]).output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
 fn cargo_fuzz() -> anyhow::Result<()> {
-    if let Some(version) = cargo_fuzz_version()
-        && version.contains(CARGO_FUZZ_VERSION)
-    {
-        step::note(&format!("cargo-fuzz: {version}"));
-        return Ok(());
-    }
-    step::run(&format!("building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)"), || {
+    cargo_install_pinned("cargo-fuzz", cargo_fuzz_version(), CARGO_FUZZ_VERSION, || {
         sh(Command::new("cargo").args([
             "install",
             "cargo-fuzz",
