@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// Connections held open through the tunnel while the gauges are read.
 const HELD: u64 = 12;
+/// Captured connects refused while the agent is down.
+const REFUSED: u64 = 20;
 /// Long enough for the kernel-written maps' count (every 10 s) to see them.
 const HOLD_SECONDS: u64 = 25;
 /// The agent counts the kernel-written maps every 10 s.
@@ -177,4 +179,22 @@ fn full_kernel_maps_are_counted_and_logged_and_gauges_return_to_baseline() {
         .filter(|f| f["encryption"] == "mtls" && f["dst"]["port"] == 8080 && !f["end"].is_null())
         .count();
     assert!(tunneled as u64 > HELD, "{tunneled} closed mTLS flows");
+
+    // Connects that never establish forget their original destination too: with the agent
+    // down, captured connects are refused (no engine listens); none may stay in ORIG_DST, where
+    // a burst of them would make the LRU evict live connections' entries.
+    agent1.kill().unwrap();
+    for _ in 0..REFUSED {
+        let (code, _, stderr) =
+            tb.curl(enrolled, &["--max-time", "5", &format!("http://{details}/")]).unwrap();
+        assert_eq!(code, 7, "a captured connect with no engine is refused: {stderr}");
+    }
+    let agent1 =
+        Agent::start(&tb, "node1", &config, &["--max-enrolled", "2", "--bpf-map-entries", "STRICT=1"])
+            .unwrap();
+    // A count made after the restart (one at start, then every 10 s).
+    std::thread::sleep(Duration::from_secs(11));
+    let after = map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
+    println!("{REFUSED} refused captured connects: ORIG_DST {baseline_orig} → {after}");
+    assert_eq!(after, baseline_orig, "refused connects left their original destinations in ORIG_DST");
 }

@@ -1,12 +1,12 @@
 //! Flow observer: one `sock_ops` program on the cgroup v2 root reports every TCP connection of an
 //! enrolled pod when it is established and when it closes, with final byte counts. It acts per
-//! connection (established + state change callbacks), never per packet.
+//! connection (connect, established and state change callbacks), never per packet.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
@@ -33,6 +33,7 @@ const AF_INET6: u32 = 10;
 pub fn lockmesh_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx_field!(ctx, op);
     match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx, role::CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_established(&ctx, role::SERVER),
         BPF_SOCK_OPS_STATE_CB => {
@@ -133,12 +134,9 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
         // SAFETY: the value is plain data copied out at once.
         if let Some(orig) = unsafe { ORIG_DST.get(&cookie) } {
             let key = PortKey { netns_cookie: netns, port: local_port, _pad: [0; 6] };
+            // The engine reports this flow, with its encryption (its close callbacks were asked
+            // for at connect: `on_connect`).
             let _ = ORIG_DST_BY_PORT.insert(&key, orig, 0);
-            // The engine reports this flow, with its encryption; its close is only wanted to
-            // forget the original destination (`on_close`), so that ORIG_DST holds live sockets
-            // only and its LRU never evicts the entry of a long-lived connection.
-            let _ = ctx
-                .set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
             return;
         }
     }
@@ -165,6 +163,22 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
     let start = FlowStart { ts_ns: open.ts_ns, role, _pad: 0 };
     let _ = FLOW_STARTS.insert(&open.sock_cookie, &start, 0);
     emit(&open);
+}
+
+/// A connect about to send its SYN. If the capture hook steered it (it has an original
+/// destination), ask for its state callbacks now rather than once established: its close is
+/// only wanted to forget the original destination (`on_close`), and a connect that never
+/// establishes (refused while no engine runs, timed out) must forget it too. So ORIG_DST holds
+/// live sockets only, and a burst of failed connects cannot make its LRU evict the entry of a
+/// long-lived connection.
+fn on_connect(ctx: &SockOpsContext) {
+    // SAFETY: valid context pointer for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    // SAFETY: only tests presence.
+    if unsafe { ORIG_DST.get(&cookie) }.is_some() {
+        let _ =
+            ctx.set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
 }
 
 /// `SO_MARK` of the socket (0 when the context has no full socket).
