@@ -174,3 +174,56 @@ fn idle_hbone_connections_are_closed_and_streams_per_peer_are_capped() {
     assert!(limited(&agent2, "idle_timeout") >= 1);
     assert_eq!(tb.get("productpage", details, "/").unwrap()["status"], 200);
 }
+
+#[test]
+fn a_full_hbone_pool_refuses_a_new_peer_until_a_connection_is_idle() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    let agent1 = Agent::start(&tb, "node1", &config, &["--hbone-max-connections", "1"]).unwrap();
+    let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let (_details, _ratings) = (tb.serve("details", 8080).unwrap(), tb.serve("ratings", 8080).unwrap());
+    let (details, ratings) = (addr(&tb, "details", 8080), addr(&tb, "ratings", 8080));
+    let hbone_connections = || -> u64 {
+        let ready: Value = agent1.get("/readyz").unwrap().json().unwrap();
+        ready["engine"]["hbone_connections"].as_u64().unwrap()
+    };
+
+    // A connection to details held open takes the pool's one HBONE connection: a tunnel to
+    // another pod (another pool key) finds no room and nothing idle to close, so it is refused.
+    std::thread::scope(|scope| {
+        let tb = &tb;
+        let holder = scope.spawn(move || {
+            tb.client(
+                "productpage",
+                &["hold", "--connect", &details.to_string(), "--count", "1", "--seconds", "4"],
+            )
+            .unwrap()
+        });
+        let deadline = Instant::now() + WAIT;
+        while hbone_connections() < 1 {
+            assert!(Instant::now() < deadline, "the held connection never got its HBONE connection");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(tb.get("productpage", ratings, "/").is_err(), "a second peer fit in a pool of one");
+        let held = holder.join().unwrap();
+        assert_eq!((held["ok"].as_u64(), held["failed"].as_u64()), (Some(1), Some(0)), "{held}");
+    });
+    assert_eq!(limited(&agent1, "hbone_pool"), 1);
+    let flows = agent1.flows().unwrap();
+    let refused: Vec<&Value> = flows
+        .iter()
+        .filter(|f| {
+            f["verdict"] == "error"
+                && f["dst"]["ip"] == ratings.ip().to_string()
+                && f["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("hbone_pool") && r.contains("--hbone-max-connections"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{flows:#?}");
+
+    // Once the held connection closed, details' HBONE connection is idle: it makes room.
+    assert_eq!(tb.get("productpage", ratings, "/").unwrap()["status"], 200);
+    assert_eq!(hbone_connections(), 1, "the idle connection was closed for the new one");
+    assert_eq!(limited(&agent1, "hbone_pool"), 1, "no refusal once a connection was idle");
+}
