@@ -129,6 +129,12 @@ impl Agent {
         http::get_in(&self.netns, self.admin, path)
     }
 
+    /// A TCP connection to the admin endpoint from the agent's namespace, for what `get` cannot
+    /// do (a stream held open).
+    pub fn connect_admin(&self) -> anyhow::Result<std::net::TcpStream> {
+        http::connect_in(&self.netns, self.admin, Duration::from_secs(3))
+    }
+
     /// The flow table as JSON objects.
     pub fn flows(&self) -> anyhow::Result<Vec<Value>> {
         let response = self.get("/flows")?;

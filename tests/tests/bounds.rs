@@ -1,7 +1,8 @@
 //! Bounds: an agent whose kernel maps are deliberately too small (three pods for two ENROLLED
 //! entries, three STRICT entries for one) keeps running, says which map is full and what is
 //! left out, counts every refused write, and its entry gauges follow live connections and return
-//! to their baseline once they close.
+//! to their baseline once they close. `/flows?follow` streams are capped: one more gets 503, is
+//! counted, and closed followers make room again.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 mod common;
 
@@ -197,4 +198,58 @@ fn full_kernel_maps_are_counted_and_logged_and_gauges_return_to_baseline() {
     let after = map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
     println!("{REFUSED} refused captured connects: ORIG_DST {baseline_orig} → {after}");
     assert_eq!(after, baseline_orig, "refused connects left their original destinations in ORIG_DST");
+}
+
+/// Opens `/flows?follow` (updates only) and returns the status and the stream, held open.
+fn follow(agent: &Agent) -> (u16, std::net::TcpStream) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = agent.connect_admin().unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /flows?follow=true&snapshot=false HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "head cut short: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    (status, stream)
+}
+
+#[test]
+fn flows_followers_are_capped_refused_with_503_counted_and_released() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    let agent1 = Agent::start(&tb, "node1", &config, &[]).unwrap();
+    let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let _details = tb.serve("details", 8080).unwrap();
+    let details = addr(&tb, "details", 8080);
+    let capacity = metric(&agent1, "lockmesh_table_capacity{table=\"flow_followers\"}").unwrap();
+
+    let followers: Vec<_> = (0..capacity)
+        .map(|n| {
+            let (status, stream) = follow(&agent1);
+            assert_eq!(status, 200, "follower {n} of {capacity}");
+            stream
+        })
+        .collect();
+    assert_eq!(metric(&agent1, "lockmesh_table_entries{table=\"flow_followers\"}"), Some(capacity));
+    let (status, _) = follow(&agent1);
+    assert_eq!(status, 503, "one follower more than the capacity");
+    assert_eq!(metric(&agent1, "lockmesh_table_overflows_total{table=\"flow_followers\"}"), Some(1));
+
+    // The followers go away; the agent notices when it next writes to them (a flow update), and
+    // a new follower fits again.
+    drop(followers);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(tb.get("productpage", details, "/").unwrap()["status"], 200);
+        if metric(&agent1, "lockmesh_table_entries{table=\"flow_followers\"}") == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closed followers were never released");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(follow(&agent1).0, 200);
 }
