@@ -57,32 +57,23 @@ pub async fn while_answering<T>(
     answer: impl Future<Output = T>,
 ) -> (T, Early) {
     let mut answer = std::pin::pin!(answer);
-    let early = tokio::select! {
+    let readable = tokio::select! {
         biased;
         answered = &mut answer => return (answered, Early::Nothing),
-        readable = tcp.readable() => match readable {
-            Ok(()) => send_first_read(tcp, send),
-            Err(e) => Early::Failed(e.into()),
+        readable = tcp.readable() => readable,
+    };
+    // The read and its send run to the end, not raced against the answer (which could cut a
+    // send in half); the stream's initial window has room for them, so nothing waits.
+    let early = match readable {
+        Ok(()) => match forward_once(tcp, send, SMALL_CHUNK).await {
+            Ok(Forwarded::Data { bytes, .. }) => Early::Sent(bytes as u64),
+            Ok(Forwarded::End) => Early::Eof,
+            Ok(Forwarded::Nothing) => Early::Nothing,
+            Err(e) => Early::Failed(e),
         },
+        Err(e) => Early::Failed(e.into()),
     };
     (answer.await, early)
-}
-
-fn send_first_read(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Early {
-    let mut buf = BytesMut::with_capacity(SMALL_CHUNK);
-    match tcp.try_read_buf(&mut buf) {
-        Ok(0) => match send.send_data(Bytes::new(), true) {
-            Ok(()) => Early::Eof,
-            Err(e) => Early::Failed(e.into()),
-        },
-        // Within the stream's initial window (STREAM_WINDOW), so h2 sends it at once.
-        Ok(n) => match send.send_data(buf.freeze(), false) {
-            Ok(()) => Early::Sent(n as u64),
-            Err(e) => Early::Failed(e.into()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Early::Nothing,
-        Err(e) => Early::Failed(e.into()),
-    }
 }
 
 /// Copies until both directions are done, after what `early` already sent; returns the byte
@@ -144,33 +135,60 @@ async fn tcp_to_h2(
 ) -> Result<(), CopyError> {
     let mut size = SMALL_CHUNK;
     loop {
-        // No buffer while the app is quiet: an idle connection holds none (RSS per idle
-        // connection), and a busy one gets a fresh one per read anyway, because the previous
-        // one is still in h2's hands until written.
-        read.readable().await?;
-        let mut buf = BytesMut::with_capacity(size);
-        let n = match read.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            send.send_data(Bytes::new(), true)?;
-            return Ok(());
-        }
-        *total += n as u64;
-        size = if n == buf.capacity() { CHUNK } else { SMALL_CHUNK };
-        let mut chunk = buf.freeze();
-        while !chunk.is_empty() {
-            // Respect the peer's flow-control window instead of letting h2 buffer without bound.
-            send.reserve_capacity(chunk.len());
-            let capacity = poll_fn(|cx| send.poll_capacity(cx)).await.ok_or(CopyError::TunnelClosed)??;
-            if capacity == 0 {
-                continue;
+        match forward_once(read.as_ref(), send, size).await? {
+            Forwarded::Data { bytes, filled } => {
+                *total += bytes as u64;
+                size = if filled { CHUNK } else { SMALL_CHUNK };
             }
-            send.send_data(chunk.split_to(capacity.min(chunk.len())), false)?;
+            Forwarded::End => return Ok(()),
+            Forwarded::Nothing => {}
         }
     }
+}
+
+/// What one read from the app became.
+enum Forwarded {
+    /// Bytes read and sent; `filled`: the read filled its buffer (more is likely waiting).
+    Data { bytes: usize, filled: bool },
+    /// The app's EOF, sent as END_STREAM.
+    End,
+    /// A spurious wake-up: nothing to read.
+    Nothing,
+}
+
+/// Waits until the app's socket is readable, reads once into a fresh buffer of `size` bytes
+/// and sends what it read within the peer's flow-control window.
+async fn forward_once(
+    tcp: &TcpStream,
+    send: &mut SendStream<Bytes>,
+    size: usize,
+) -> Result<Forwarded, CopyError> {
+    // No buffer while the app is quiet: an idle connection holds none (RSS per idle
+    // connection), and a busy one gets a fresh one per read anyway, because the previous one
+    // is still in h2's hands until written.
+    tcp.readable().await?;
+    let mut buf = BytesMut::with_capacity(size);
+    let bytes = match tcp.try_read_buf(&mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Forwarded::Nothing),
+        Err(e) => return Err(e.into()),
+    };
+    if bytes == 0 {
+        send.send_data(Bytes::new(), true)?;
+        return Ok(Forwarded::End);
+    }
+    let filled = bytes == buf.capacity();
+    let mut chunk = buf.freeze();
+    while !chunk.is_empty() {
+        // Respect the peer's flow-control window instead of letting h2 buffer without bound.
+        send.reserve_capacity(chunk.len());
+        let capacity = poll_fn(|cx| send.poll_capacity(cx)).await.ok_or(CopyError::TunnelClosed)??;
+        if capacity == 0 {
+            continue;
+        }
+        send.send_data(chunk.split_to(capacity.min(chunk.len())), false)?;
+    }
+    Ok(Forwarded::Data { bytes, filled })
 }
 
 async fn h2_to_tcp(
