@@ -23,13 +23,6 @@ const COUNTED: Duration = Duration::from_secs(25);
 
 const STRICT_BOOKINFO: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: bookinfo}\nspec: {mtls: {mode: STRICT}}\n";
 
-/// `NAME{labels} VALUE` from the agent's /metrics, if present.
-fn metric(agent: &Agent, series: &str) -> Option<u64> {
-    let text = agent.get("/metrics").unwrap().text();
-    let prefix = format!("{series} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
-}
-
 fn map_metric(agent: &Agent, name: &str, map: &str) -> u64 {
     metric(agent, &format!("{name}{{map=\"{map}\"}}"))
         .unwrap_or_else(|| panic!("{name}{{map=\"{map}\"}} missing from /metrics"))

@@ -24,9 +24,7 @@ const PARTIAL_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 
 
 /// `lockmesh_connections_limited_total{reason="<reason>"}` on the agent's /metrics (0 if absent).
 fn limited(agent: &Agent, reason: &str) -> u64 {
-    let text = agent.get("/metrics").unwrap().text();
-    let prefix = format!("lockmesh_connections_limited_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    metric(agent, &format!("lockmesh_connections_limited_total{{reason=\"{reason}\"}}")).unwrap_or(0)
 }
 
 /// Whether the engine closed the socket (EOF or reset); does not block.
@@ -161,10 +159,6 @@ fn idle_hbone_connections_are_closed_and_streams_per_peer_are_capped() {
 
     // The pooled HBONE connection then sits idle: node2 closes it after 1 s, node1's pool
     // notices, and the next request dials again.
-    let hbone_connections = |agent: &Agent| -> u64 {
-        let ready: Value = agent.get("/readyz").unwrap().json().unwrap();
-        ready["engine"]["hbone_connections"].as_u64().unwrap()
-    };
     assert!(hbone_connections(&agent1) >= 1);
     let deadline = Instant::now() + WAIT;
     while hbone_connections(&agent1) > 0 {
@@ -183,10 +177,6 @@ fn a_full_hbone_pool_refuses_a_new_peer_until_a_connection_is_idle() {
     let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
     let (_details, _ratings) = (tb.serve("details", 8080).unwrap(), tb.serve("ratings", 8080).unwrap());
     let (details, ratings) = (addr(&tb, "details", 8080), addr(&tb, "ratings", 8080));
-    let hbone_connections = || -> u64 {
-        let ready: Value = agent1.get("/readyz").unwrap().json().unwrap();
-        ready["engine"]["hbone_connections"].as_u64().unwrap()
-    };
 
     // A connection to details held open takes the pool's one HBONE connection: a tunnel to
     // another pod (another pool key) finds no room and nothing idle to close, so it is refused.
@@ -200,7 +190,7 @@ fn a_full_hbone_pool_refuses_a_new_peer_until_a_connection_is_idle() {
             .unwrap()
         });
         let deadline = Instant::now() + WAIT;
-        while hbone_connections() < 1 {
+        while hbone_connections(&agent1) < 1 {
             assert!(Instant::now() < deadline, "the held connection never got its HBONE connection");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -224,6 +214,6 @@ fn a_full_hbone_pool_refuses_a_new_peer_until_a_connection_is_idle() {
 
     // Once the held connection closed, details' HBONE connection is idle: it makes room.
     assert_eq!(tb.get("productpage", ratings, "/").unwrap()["status"], 200);
-    assert_eq!(hbone_connections(), 1, "the idle connection was closed for the new one");
+    assert_eq!(hbone_connections(&agent1), 1, "the idle connection was closed for the new one");
     assert_eq!(limited(&agent1, "hbone_pool"), 1, "no refusal once a connection was idle");
 }

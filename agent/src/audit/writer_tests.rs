@@ -12,6 +12,15 @@ fn all_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The log at `path` (re)opened with a fresh node key, the flows `ids` appended.
+fn log_with_flows(path: &Path, ids: std::ops::Range<u64>) -> AuditLog {
+    let mut log = AuditLog::open(options(path), NodeKey::ephemeral().unwrap()).unwrap();
+    for id in ids {
+        log.append_flow(&flow(id)).unwrap();
+    }
+    log
+}
+
 fn lines(path: &Path) -> Vec<AuditLine> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -56,10 +65,7 @@ fn chain_continues_across_rotation_and_a_crash() {
 fn a_flow_replayed_after_a_crash_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let mut log = AuditLog::open(options(&path), NodeKey::ephemeral().unwrap()).unwrap();
-    for id in 0..3 {
-        log.append_flow(&flow(id)).unwrap();
-    }
+    let log = log_with_flows(&path, 0..3);
     // Killed after writing flow 2 but before its kernel event left the ring: the next agent
     // gets the event again.
     drop(log);
@@ -99,10 +105,7 @@ fn retention_keeps_the_newest_rotated_files() {
 fn a_torn_last_line_is_kept_as_evidence_and_the_chain_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let mut log = AuditLog::open(options(&path), NodeKey::ephemeral().unwrap()).unwrap();
-    for id in 0..3 {
-        log.append_flow(&flow(id)).unwrap();
-    }
+    let log = log_with_flows(&path, 0..3);
     drop(log);
     let mut file = OpenOptions::new().append(true).open(&path).unwrap();
     file.write_all(br#"{"seq":4,"prev":"ab"#).unwrap();

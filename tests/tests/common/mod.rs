@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
-use lockmesh_tests::{NodeSpec, PodSpec, Testbed, TestbedSpec};
+use lockmesh_tests::{Agent, NodeSpec, PodSpec, Testbed, TestbedSpec};
 use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -77,4 +77,17 @@ pub fn verify(files: &[&Path]) -> (bool, String) {
     let mut args = vec!["audit".to_string(), "verify".to_string()];
     args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
     lockmesh(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The value of the series `NAME{labels}` (written exactly as the agent does) on its /metrics.
+pub fn metric(agent: &Agent, series: &str) -> Option<u64> {
+    let text = agent.get("/metrics").unwrap().text();
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
+}
+
+/// Pooled HBONE connections the agent holds (`/readyz`).
+pub fn hbone_connections(agent: &Agent) -> u64 {
+    let ready: Value = agent.get("/readyz").unwrap().json().unwrap();
+    ready["engine"]["hbone_connections"].as_u64().unwrap()
 }
