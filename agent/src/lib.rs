@@ -1,32 +1,23 @@
-//! lockmesh: a sidecar-less mTLS data plane. The node agent (`agent`), its sources of truth
-//! (`config`, `model`), what it derives (`inventory`, `enrolment`, `policy`), the kernel side
-//! (`kernel`), and what it reports (`flows`, `admin`).
+//! lockmesh: a sidecar-less mTLS data plane. The node agent is a pipeline, one folder per stage,
+//! each importing only from the stages before it:
+//!
+//! `cluster` (workloads, Services and Istio objects from a config dir or the Kubernetes API) →
+//! `policy` (what those objects mean for a connection) → `desired` (what this node's kernel maps
+//! and engine must hold) → `kernel` + `engine` (the eBPF programs and maps; the mTLS tunnel
+//! engine) → `report` (flows, audit log, metrics, graph, check).
+//!
+//! `identity` (certificates and their checks) and `sys` (the host: namespaces, routing, process
+//! resources) serve every stage. `app` is the agent's composition root, `cli` the commands,
+//! `admin` serves the reports over HTTP, and `ca_service` is the cluster's CA.
 pub mod admin;
-pub mod agent;
-pub mod audit;
-pub mod bounds;
+pub mod app;
 pub mod ca_service;
-pub mod check;
 pub mod cli;
-pub mod cmd;
-pub mod config;
-pub mod config_dump;
+pub mod cluster;
 pub mod desired;
-pub mod doctor;
-pub mod enrolment;
-pub mod flows;
-pub mod graph;
-pub mod host;
+pub mod engine;
 pub mod identity;
-pub mod inventory;
 pub mod kernel;
-pub mod kube;
-pub mod metrics;
-pub mod model;
-pub mod netns;
-pub mod podnet;
 pub mod policy;
-pub mod proxy;
-pub mod resources;
-pub mod sockets;
-pub mod source;
+pub mod report;
+pub mod sys;

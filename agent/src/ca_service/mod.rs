@@ -3,7 +3,6 @@
 //! server signs only identities of pods scheduled on the caller's node (`authorize`), and sets
 //! SAN, lifetime and usages itself. Its own serving certificate comes from the CA it holds.
 pub mod authorize;
-pub mod protocol;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -25,11 +24,13 @@ use rustls::{
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use self::{
-    authorize::{Authorizer, Refusal},
+use self::authorize::{Authorizer, Refusal};
+use crate::identity::{
+    self,
+    ca::Ca,
     protocol::{ErrorResponse, SIGN_PATH, SignRequest, SignResponse},
+    spiffe::SpiffeId,
 };
-use crate::identity::{self, ca::Ca, spiffe::SpiffeId};
 
 /// A CSR and its JSON wrapping are a few KiB.
 const MAX_REQUEST_BYTES: usize = 64 << 10;

@@ -3,7 +3,9 @@
 //! only, AES-GCM, ALPN `h2`, no SNI, no resumption: what Istio ambient's ztunnel does and
 //! expects).
 pub mod ca;
+mod handshake;
 mod issuer;
+pub mod protocol;
 pub mod remote;
 pub mod spiffe;
 /// Public for the fuzz targets (`agent/fuzz`): the verifiers as rustls calls them.
@@ -23,7 +25,7 @@ use std::{
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use rustls::{
-    CertificateError, ClientConfig, ServerConfig,
+    ClientConfig, ServerConfig,
     client::{ResolvesClientCert, Resumption},
     crypto::{CryptoProvider, aws_lc_rs},
     server::{ClientHello, ResolvesServerCert},
@@ -31,15 +33,15 @@ use rustls::{
 };
 use serde::Serialize;
 use time::OffsetDateTime;
-use x509_parser::prelude::FromDer as _;
 
+pub use self::handshake::{PeerInfo, TlsInfo, handshake_failure, handshake_reason, peer_info};
 pub use self::verify::{MAX_INTERMEDIATES, PeerCertError, PeerRole, spiffe_id_of};
 use self::{
     issuer::Issuer,
     remote::RemoteCaOptions,
     verify::{ClientIdentityVerifier, ServerIdentityVerifier, Trust},
 };
-use crate::{bounds::TableStat, flows::TlsInfo};
+use crate::sys::bounds::TableStat;
 
 #[derive(Clone, Debug)]
 pub struct IdentityOptions {
@@ -413,102 +415,5 @@ pub(crate) fn provider(post_quantum: bool) -> CryptoProvider {
     provider
 }
 
-/// What a finished handshake proved about the peer.
-pub struct PeerInfo {
-    pub identity: Option<String>,
-    pub version: String,
-    pub cipher: String,
-    pub serial: Option<String>,
-    pub not_after: Option<OffsetDateTime>,
-}
-
-impl PeerInfo {
-    pub fn tls_info(&self) -> TlsInfo {
-        TlsInfo {
-            version: self.version.clone(),
-            cipher: self.cipher.clone(),
-            peer_serial: self.serial.clone(),
-            peer_not_after: self.not_after,
-        }
-    }
-}
-
-pub fn peer_info(state: &rustls::CommonState) -> PeerInfo {
-    let version = match state.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_string(),
-    };
-    let cipher =
-        state.negotiated_cipher_suite().map_or_else(|| "unknown".into(), |s| format!("{:?}", s.suite()));
-    let leaf = state.peer_certificates().and_then(|c| c.first());
-    PeerInfo::new(version, cipher, leaf)
-}
-
-impl PeerInfo {
-    /// What the peer's leaf certificate (DER) tells: its SPIFFE ID, serial and expiry.
-    pub fn new(
-        version: String,
-        cipher: String,
-        leaf: Option<&rustls::pki_types::CertificateDer<'_>>,
-    ) -> Self {
-        let identity = leaf.and_then(|der| spiffe_id_of(der).ok()).map(|id| id.to_string());
-        let parsed = leaf.and_then(|der| x509_parser::certificate::X509Certificate::from_der(der).ok());
-        let serial = parsed.as_ref().map(|(_, cert)| ca::hex(cert.raw_serial()));
-        let not_after = parsed.as_ref().and_then(|(_, cert)| {
-            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
-        });
-        PeerInfo { identity, version, cipher, serial, not_after }
-    }
-}
-
-/// A flow `reason` for a failed handshake, from the error tokio-rustls returned.
-pub fn handshake_reason(error: &std::io::Error) -> String {
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
-        return error.to_string();
-    };
-    match tls {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            CertificateError::Other(other) => other.0.to_string(),
-            CertificateError::UnknownIssuer => {
-                "peer certificate issuer is not trusted (UnknownIssuer)".into()
-            }
-            // Also what a chain from another CA with the same name as ours looks like.
-            CertificateError::BadSignature => {
-                "peer certificate is not signed by a trusted CA (BadSignature)".into()
-            }
-            CertificateError::Expired => "peer certificate expired".into(),
-            CertificateError::ExpiredContext { time, not_after } => format!(
-                "peer certificate expired at {} ({} s ago)",
-                verify::rfc3339(seconds(*not_after)),
-                seconds(*time).saturating_sub(seconds(*not_after))
-            ),
-            CertificateError::NotValidYet => "peer certificate not valid yet".into(),
-            CertificateError::NotValidYetContext { time, not_before } => format!(
-                "peer certificate not valid yet: valid from {} (in {} s; clocks skewed?)",
-                verify::rfc3339(seconds(*not_before)),
-                seconds(*not_before).saturating_sub(seconds(*time))
-            ),
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "peer certificate is not allowed for TLS authentication on this side (extended key usage)"
-                    .into()
-            }
-            other => format!("peer certificate refused: {other:?}"),
-        },
-        rustls::Error::AlertReceived(alert) => format!("peer refused the handshake (TLS alert {alert:?})"),
-        rustls::Error::NoApplicationProtocol => "peer does not speak HBONE (no ALPN h2)".into(),
-        rustls::Error::NoCertificatesPresented => "peer presented no certificate".into(),
-        other => other.to_string(),
-    }
-}
-
-fn seconds(time: rustls::pki_types::UnixTime) -> i64 {
-    i64::try_from(time.as_secs()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 pub(crate) mod tests;
-
-#[cfg(test)]
-mod bad_cert_tests;

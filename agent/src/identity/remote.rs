@@ -1,4 +1,4 @@
-//! The agent's side of `lockmesh ca serve` (protocol in `crate::ca_service::protocol`): a fresh
+//! The agent's side of `lockmesh ca serve` (protocol in `crate::identity::protocol`): a fresh
 //! key and CSR per certificate (the key never leaves the node), sent over TLS to the CA service
 //! with the agent's projected ServiceAccount token, re-read for every request because the
 //! kubelet rotates it. What comes back is checked before use.
@@ -24,7 +24,7 @@ use super::{
     ca::{self, SignedLeaf},
     verify::{PeerRole, Trust},
 };
-use crate::ca_service::protocol::{ErrorResponse, SIGN_PATH, SignRequest, SignResponse};
+use crate::identity::protocol::{ErrorResponse, SIGN_PATH, SignRequest, SignResponse};
 
 /// Connecting, the TLS handshake, and the answer together.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

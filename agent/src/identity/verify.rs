@@ -400,3 +400,6 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         self.trust.schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;

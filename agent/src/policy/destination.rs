@@ -18,13 +18,16 @@
 //!   mTLS, sent as plaintext to the mesh tunnel; no rule or no `tls` ⇒ auto mTLS: mTLS when the
 //!   destination is in the mesh and its server mode on the target port is not DISABLE.
 //! - Rules with a `workloadSelector` are ignored (lockmesh does not support them).
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, fmt};
 
-use serde::Serialize;
-
-use super::{MeshParams, peer::effective_mtls, service_for_workload_port, service_fqdn, target_port};
-use crate::model::{
-    ClusterState, DestinationRule, Protocol, Service, TlsMode, TrafficPolicy, Workload, creation_order,
+use super::{
+    MeshParams, MtlsMode,
+    peer::{Resolved, effective_mtls},
+    service_for_workload_port, service_fqdn, target_port,
+};
+use crate::cluster::model::{
+    ClusterState, DestinationRule, ObjectKey, Protocol, Service, TlsMode, TrafficPolicy, Workload,
+    creation_order,
 };
 
 /// Where a client connects.
@@ -39,16 +42,72 @@ pub enum Destination<'a> {
 }
 
 /// The client side's decision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outbound {
     pub mtls: bool,
-    /// What decided: `DestinationRule ns/name` when a rule's `tls` applies; otherwise (auto mTLS)
-    /// the `PeerAuthentication ns/name` that gave the destination's mode, if any.
-    pub decided_by: Option<String>,
+    /// What decided: a DestinationRule when its `tls` applies; otherwise (auto mTLS) the
+    /// PeerAuthentication that gave the destination's mode, if any.
+    pub decided_by: Option<DecidedBy>,
     /// The rule's TLS mode, when a rule's `tls` applies.
     pub tls_mode: Option<TlsMode>,
     /// A short human explanation.
     pub reason: String,
+}
+
+/// The Istio object behind a client-side decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// A DestinationRule's `tls` (or its port-level settings) applies.
+    DestinationRule(ObjectKey),
+    /// Auto mTLS followed the destination's mode, which this PeerAuthentication set.
+    PeerAuthentication(ObjectKey),
+}
+
+impl Outbound {
+    /// The DestinationRule that decided, if one did.
+    pub fn destination_rule(&self) -> Option<&ObjectKey> {
+        match &self.decided_by {
+            Some(DecidedBy::DestinationRule(key)) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DestinationRule(key) => write!(f, "DestinationRule {key}"),
+            Self::PeerAuthentication(key) => write!(f, "PeerAuthentication {key}"),
+        }
+    }
+}
+
+/// Everything policy decides for one connection, evaluated once when it is routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The client side: mesh mTLS or not, and why.
+    pub outbound: Outbound,
+    /// The mode the destination enforces on the port the connection reaches.
+    pub server: Resolved,
+    /// The Service the connection goes to, as its host name (`name.namespace.svc.<domain>`): the
+    /// one dialled, else the one selecting the destination on that port.
+    pub service: Option<String>,
+}
+
+/// The client side's and the server side's decisions for a connection from a client in
+/// `client_namespace` to `dest` (see [`outbound_tls`]), and the Service it goes to.
+pub fn decide(
+    state: &ClusterState,
+    params: &MeshParams,
+    client_namespace: &str,
+    dest: &Destination<'_>,
+    dst_in_mesh: bool,
+) -> Decision {
+    let target = Target::of(state, dest);
+    let server = effective_mtls(state, params, target.endpoint, Some(target.workload_port));
+    let outbound = client_side(state, params, client_namespace, &target, dst_in_mesh, || server.clone());
+    let service = target.service.map(|s| service_fqdn(s, &params.domain));
+    Decision { outbound, server, service }
 }
 
 /// Whether a connection from a client in `client_namespace` to `dest` uses mesh mTLS.
@@ -60,20 +119,56 @@ pub fn outbound_tls(
     dest: &Destination<'_>,
     dst_in_mesh: bool,
 ) -> Outbound {
-    // The service (and service port) the rules are looked up for, the endpoint and its port.
-    let (service, service_port, endpoint, workload_port) = match *dest {
-        Destination::Service { service, port, endpoint } => {
-            let entry = service.ports.iter().find(|p| p.port == port && p.protocol == Protocol::Tcp);
-            let target = entry.map_or(port, |p| target_port(p, endpoint));
-            (Some(service), port, endpoint, target)
-        }
-        Destination::Workload { workload, port } => match service_for_workload_port(state, workload, port) {
-            Some((service, entry)) => (Some(&**service), entry.port, workload, port),
-            None => (None, port, workload, port),
-        },
-    };
+    let target = Target::of(state, dest);
+    client_side(state, params, client_namespace, &target, dst_in_mesh, || {
+        effective_mtls(state, params, target.endpoint, Some(target.workload_port))
+    })
+}
 
-    let rule = service.and_then(|s| {
+/// The Service (and service port) rules are looked up for, the endpoint and its port.
+struct Target<'a> {
+    service: Option<&'a Service>,
+    service_port: u16,
+    endpoint: &'a Workload,
+    workload_port: u16,
+}
+
+impl<'a> Target<'a> {
+    fn of(state: &'a ClusterState, dest: &Destination<'a>) -> Self {
+        match *dest {
+            Destination::Service { service, port, endpoint } => {
+                let entry = service.ports.iter().find(|p| p.port == port && p.protocol == Protocol::Tcp);
+                let workload_port = entry.map_or(port, |p| target_port(p, endpoint));
+                Self { service: Some(service), service_port: port, endpoint, workload_port }
+            }
+            Destination::Workload { workload, port } => {
+                match service_for_workload_port(state, workload, port) {
+                    Some((service, entry)) => Self {
+                        service: Some(service),
+                        service_port: entry.port,
+                        endpoint: workload,
+                        workload_port: port,
+                    },
+                    None => {
+                        Self { service: None, service_port: port, endpoint: workload, workload_port: port }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The client side's decision; `server` gives the destination's mode when auto mTLS needs it.
+fn client_side(
+    state: &ClusterState,
+    params: &MeshParams,
+    client_namespace: &str,
+    target: &Target<'_>,
+    dst_in_mesh: bool,
+    server: impl FnOnce() -> Resolved,
+) -> Outbound {
+    let service_port = target.service_port;
+    let rule = target.service.and_then(|s| {
         let host = service_fqdn(s, &params.domain);
         destination_rule(state, params, client_namespace, &s.key.namespace, &host)
     });
@@ -86,7 +181,7 @@ pub fn outbound_tls(
     });
 
     if let (Some(rule), Some((mode, port_level))) = (&rule, rule_tls) {
-        let name = format!("DestinationRule {}", rule.rule.key);
+        let decided_by = DecidedBy::DestinationRule(rule.rule.key.clone());
         let port = if port_level { format!(" for port {service_port}") } else { String::new() };
         let (mtls, tail) = match mode {
             TlsMode::IstioMutual if dst_in_mesh => (true, String::new()),
@@ -98,8 +193,8 @@ pub fn outbound_tls(
         };
         return Outbound {
             mtls,
-            reason: format!("{name} sets {mode}{port}{tail}"),
-            decided_by: Some(name),
+            reason: format!("{decided_by} sets {mode}{port}{tail}"),
+            decided_by: Some(decided_by),
             tls_mode: Some(mode),
         };
     }
@@ -116,13 +211,12 @@ pub fn outbound_tls(
             reason: format!("auto mTLS{rule_note}: destination not in mesh"),
         };
     }
-    let server = effective_mtls(state, params, endpoint, Some(workload_port));
-    let mtls = server.mode != super::MtlsMode::Disable;
+    let server = server();
     Outbound {
-        mtls,
-        decided_by: server.decided_by.as_ref().map(|key| format!("PeerAuthentication {key}")),
+        mtls: server.mode != MtlsMode::Disable,
         tls_mode: None,
         reason: format!("auto mTLS{rule_note}: destination in mesh, {}", server.describe()),
+        decided_by: server.decided_by.map(DecidedBy::PeerAuthentication),
     }
 }
 
@@ -232,3 +326,6 @@ fn merge(mut rules: Vec<&DestinationRule>) -> Option<Selected<'_>> {
     let rule = rules.iter().find(|r| r.traffic_policy.is_some()).or(rules.first())?;
     Some(Selected { rule, policy: rule.traffic_policy.as_ref() })
 }
+
+#[cfg(test)]
+mod tests;

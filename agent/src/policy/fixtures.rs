@@ -2,8 +2,8 @@
 use std::{fs, sync::Arc};
 
 use super::MeshParams;
-use crate::{
-    config::ConfigDir,
+use crate::cluster::{
+    dir::ConfigDir,
     model::{ClusterState, Service, Workload},
 };
 
@@ -76,3 +76,44 @@ pub fn find_workload<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Workload
 pub fn find_svc<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Service> {
     state.services.iter().find(|s| s.key.to_string() == key).unwrap()
 }
+
+/// bookinfo's productpage (node1) and details (node2, probed by its kubelet on 8081 and 15020);
+/// details' Service (80 → 8080, 81 → 9090); a STRICT PeerAuthentication for details with port
+/// 9000 PERMISSIVE; an ISTIO_MUTUAL DestinationRule for details with port 81 DISABLE.
+pub const BOOKINFO_DETAILS: &str = "\
+apiVersion: lockmesh.io/v1alpha1
+kind: Workload
+metadata: {name: productpage, namespace: bookinfo, labels: {app: productpage}}
+spec: {node: node1, serviceAccount: productpage, addresses: [10.77.1.2]}
+---
+apiVersion: lockmesh.io/v1alpha1
+kind: Workload
+metadata: {name: details, namespace: bookinfo, labels: {app: details}}
+spec:
+  node: node2
+  serviceAccount: details
+  addresses: [10.77.2.2]
+  probes: [{port: 8081, from: 10.76.0.2}, {port: 15020, from: 10.76.0.2}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: bookinfo}
+spec: {selector: {app: details}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: 9090}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: details, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9000: {mode: PERMISSIVE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: bookinfo}
+spec:
+  host: details
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {number: 81}, tls: {mode: DISABLE}}]
+";

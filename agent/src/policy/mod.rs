@@ -8,12 +8,12 @@
 //! The rules follow Istio's (pilot's) resolution; where the model lacks something Istio has, the
 //! function's documentation says what is done instead.
 //!
-//! [`ClusterState`]: crate::model::ClusterState
+//! [`ClusterState`]: crate::cluster::model::ClusterState
 pub mod destination;
 pub mod peer;
 pub mod services;
 
-pub use destination::{Destination, Outbound, outbound_tls};
+pub use destination::{DecidedBy, Decision, Destination, Outbound, decide, outbound_tls};
 pub use peer::{MtlsMode, Resolved, WorkloadMtls, effective_mtls, workload_mtls};
 pub use services::{
     endpoints, find_service, selects, service_by_cluster_ip, service_for_workload_port, service_fqdn,
@@ -36,10 +36,4 @@ impl Default for MeshParams {
 }
 
 #[cfg(test)]
-mod fixtures;
-#[cfg(test)]
-mod tests_destination;
-#[cfg(test)]
-mod tests_peer;
-#[cfg(test)]
-mod tests_services;
+pub(crate) mod fixtures;

@@ -17,7 +17,9 @@ use std::{collections::BTreeMap, fmt};
 use serde::Serialize;
 
 use super::MeshParams;
-use crate::model::{ClusterState, ObjectKey, PeerAuthentication, PeerMtlsMode, Workload, creation_order};
+use crate::cluster::model::{
+    ClusterState, ObjectKey, PeerAuthentication, PeerMtlsMode, Workload, creation_order,
+};
 
 /// The mode a server enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -166,3 +168,6 @@ pub fn effective_mtls(
 ) -> Resolved {
     workload_mtls(state, params, workload).for_port(port).clone()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! Services: host names, selection, endpoints and ports, as Kubernetes defines them.
 use std::{net::Ipv4Addr, sync::Arc};
 
-use crate::model::{ClusterIp, ClusterState, Protocol, Service, ServicePort, TargetPort, Workload};
+use crate::cluster::model::{ClusterIp, ClusterState, Protocol, Service, ServicePort, TargetPort, Workload};
 
 /// `name.namespace.svc.<domain>`.
 pub fn service_fqdn(service: &Service, domain: &str) -> String {
@@ -86,3 +86,6 @@ pub fn service_for_workload_port<'a>(
 ) -> Option<(&'a Arc<Service>, &'a ServicePort)> {
     services_for_workload_port(state, workload, port).into_iter().min_by(|a, b| a.0.key.cmp(&b.0.key))
 }
+
+#[cfg(test)]
+mod tests;

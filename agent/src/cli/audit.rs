@@ -1,0 +1,78 @@
+//! `lockmesh audit verify FILE…`.
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use crate::report::audit::{key, verify};
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash link and checkpoint signature of audit-log files (the active file and
+    /// its rotations, in any order, e.g. `audit.log*`); names the file, line and what broke
+    /// (edited, removed, reordered record, truncated file, bad signature); exits non-zero then.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The published public key [default: FILE.pub next to the log, if present].
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+    },
+}
+
+pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { files, pubkey } => verify(&files, pubkey),
+    }
+}
+
+fn verify(files: &[PathBuf], pubkey: Option<PathBuf>) -> anyhow::Result<()> {
+    let pubkey = pubkey.or_else(|| files.iter().map(|f| verify::pub_file_for(f)).find(|p| p.exists()));
+    let trusted = match &pubkey {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(key::parse_pub_file(&text).with_context(|| format!("{}", path.display()))?)
+        }
+        None => None,
+    };
+    let report = verify::verify_files(files, trusted.clone())?;
+    let s = &report.summary;
+    let time = |t: Option<time::OffsetDateTime>| {
+        t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("files:       {}", s.files.len());
+    for file in &s.files {
+        println!("  {}", file.display());
+    }
+    println!("records:     {}", s.records);
+    let keys = s.key_ids.iter().cloned().collect::<Vec<_>>().join(", ");
+    println!("checkpoints: {} (keys: {})", s.checkpoints, if keys.is_empty() { "none".into() } else { keys });
+    println!(
+        "seq:         {}..{}{}",
+        s.first_seq.unwrap_or(0),
+        s.last_seq.unwrap_or(0),
+        if s.from_genesis {
+            " (from the start of the chain)"
+        } else {
+            " (older files not given or rotated away)"
+        }
+    );
+    println!("time:        {} .. {}", time(s.first_time), time(s.last_time));
+    match (&pubkey, &trusted) {
+        (Some(path), Some((id, _))) => println!("key:         {id} (from {})", path.display()),
+        _ => println!("key:         no FILE.pub found; checkpoints checked against their own embedded key"),
+    }
+    if s.unsealed > 0 {
+        println!("unsealed:    {} record(s) after the last checkpoint (not yet signed)", s.unsealed);
+    }
+    if report.problems.is_empty() {
+        println!("OK: every hash link and checkpoint signature verifies");
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("FAIL {problem}");
+    }
+    bail!("audit log verification failed: {} problem(s)", report.problems.len())
+}
