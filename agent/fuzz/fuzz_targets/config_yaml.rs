@@ -11,7 +11,7 @@
 use std::{collections::BTreeSet, io, path::PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use lockmesh::config::ConfigDir;
+use lockmesh::cluster::dir::ConfigDir;
 
 fuzz_target!(|data: &[u8]| {
     let files = || {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let unique =
-        |keys: Vec<&lockmesh::model::ObjectKey>| keys.iter().collect::<BTreeSet<_>>().len() == keys.len();
+        |keys: Vec<&lockmesh::cluster::model::ObjectKey>| keys.iter().collect::<BTreeSet<_>>().len() == keys.len();
     assert!(unique(state.workloads.iter().map(|o| &o.key).collect()));
     assert!(unique(state.services.iter().map(|o| &o.key).collect()));
     assert!(unique(state.peer_authentications.iter().map(|o| &o.key).collect()));

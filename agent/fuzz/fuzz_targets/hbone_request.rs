@@ -1,4 +1,4 @@
-//! The HBONE server's checks on an incoming request (`proxy::hbone::connect_target` and
+//! The HBONE server's checks on an incoming request (`engine::hbone::connect_target` and
 //! `client_port`, what the inbound engine decides before connecting to the app): which app
 //! address of this pod a CONNECT may reach, which status refuses it, which client port the
 //! flow reports.
@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, uri};
 use libfuzzer_sys::fuzz_target;
-use lockmesh::proxy::hbone;
+use lockmesh::engine::{hbone, sockets::ipv4};
 
 /// The pod the engine serves.
 const POD: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 2, 2), Ipv4Addr::new(10, 77, 2, 3)];
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
 
     let port = hbone::client_port(&request, peer);
     match hbone::forwarded_for(&request) {
-        Some(forwarded) if lockmesh::flows::ipv4(forwarded) == lockmesh::flows::ipv4(peer) => {
+        Some(forwarded) if ipv4(forwarded) == ipv4(peer) => {
             assert_eq!(port, forwarded.port())
         }
         _ => assert_eq!(port, peer.port()),

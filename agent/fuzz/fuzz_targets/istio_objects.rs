@@ -6,8 +6,8 @@
 //! (a `spec.host` makes a DestinationRule), a wrong `apiVersion` is replaced by a supported one,
 //! a missing `metadata` gets a name. Then:
 //!
-//! - the config dir's conversion (`config::peer_authentication` / `config::destination_rule`
-//!   on the YAML value) and the Kubernetes source's (`kube::convert::cluster_state` on the same
+//! - the config dir's conversion (`cluster::convert::peer_authentication` / `destination_rule`
+//!   on the YAML value) and the Kubernetes source's (`cluster::kube::state::cluster_state` on the same
 //!   object as a `DynamicObject`, JSON as the API server sends it);
 //! - the converted policies, over a fixed bookinfo-like set of workloads and services, through
 //!   `check::check` (what `lockmesh check` shows: every workload's modes, every outbound
@@ -24,12 +24,15 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use lockmesh::{
-    check,
-    config::{self, ConfigDir},
-    inventory::Inventory,
-    kube::convert::{Objects, cluster_state},
-    model::{ClusterState, TlsMode},
-    policy::{self, Destination, MeshParams, MtlsMode},
+    cluster::{
+        convert,
+        dir::ConfigDir,
+        kube::state::{Objects, cluster_state},
+        model::{ClusterState, TlsMode},
+    },
+    desired::inventory::Inventory,
+    policy::{self, DecidedBy, Destination, MeshParams, MtlsMode},
+    report::check,
 };
 use serde::Deserialize as _;
 use serde_yaml_ng::{Mapping, Value};
@@ -167,13 +170,13 @@ fuzz_target!(|data: &[u8]| {
         let object = serde_json::to_value(&value).ok().and_then(|json| serde_json::from_value(json).ok());
         match kind {
             Kind::PeerAuthentication => {
-                if let Ok((pa, _warnings)) = config::peer_authentication(value, ROOT) {
+                if let Ok((pa, _warnings)) = convert::peer_authentication(value, ROOT) {
                     peer_authentications.entry(pa.key.clone()).or_insert_with(|| Arc::new(pa));
                 }
                 kube.peer_authentications.extend(object.map(Arc::new));
             }
             Kind::DestinationRule => {
-                if let Ok((dr, _warnings)) = config::destination_rule(value) {
+                if let Ok((dr, _warnings)) = convert::destination_rule(value) {
                     destination_rules.entry(dr.key.clone()).or_insert_with(|| Arc::new(dr));
                 }
                 kube.destination_rules.extend(object.map(Arc::new));
@@ -253,6 +256,6 @@ fn check_outbound(outbound: &policy::Outbound, in_mesh: bool) {
         None if !in_mesh => assert!(!outbound.mtls, "{outbound:?}"),
         None => {}
     }
-    let by_rule = outbound.decided_by.as_deref().is_some_and(|d| d.starts_with("DestinationRule "));
+    let by_rule = matches!(outbound.decided_by, Some(DecidedBy::DestinationRule(_)));
     assert_eq!(by_rule, outbound.tls_mode.is_some(), "{outbound:?}");
 }
