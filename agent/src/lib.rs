@@ -9,15 +9,21 @@
 //! `identity` (certificates and their checks) and `sys` (the host: namespaces, routing, process
 //! resources) serve every stage. `app` is the agent's composition root, `cli` the commands,
 //! `admin` serves the reports over HTTP, and `ca_service` is the cluster's CA.
-pub mod admin;
-pub mod app;
-pub mod ca_service;
+#![warn(unreachable_pub)]
+
+// The stages. `pub` only where the binary (`cli::main`), the fuzz targets (`agent/fuzz`: parsers,
+// policy decisions, HBONE request checks, certificate checks) and the manifest checks
+// (`agent/tests`) reach in; everything else is `pub(crate)`, so that rustc reports dead code.
 pub mod cli;
 pub mod cluster;
 pub mod desired;
 pub mod engine;
 pub mod identity;
-pub mod kernel;
 pub mod policy;
 pub mod report;
-pub mod sys;
+
+mod admin;
+mod app;
+mod ca_service;
+mod kernel;
+mod sys;

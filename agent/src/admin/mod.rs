@@ -39,7 +39,7 @@ use crate::{
 
 /// What `/readyz` needs to know; updated by the agent as it starts and runs.
 #[derive(Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub programs_attached: AtomicBool,
     pub config_loaded: AtomicBool,
     /// Kernel maps and engine listeners reflect the loaded config (at least once).
@@ -61,7 +61,7 @@ pub struct Readiness {
     pub kernel_map_errors: Mutex<BTreeMap<String, String>>,
 }
 
-pub struct EngineHandles {
+pub(crate) struct EngineHandles {
     pub pool: Arc<Pool>,
     pub identities: Arc<Identities>,
     pub limiter: Arc<Limiter>,
@@ -115,14 +115,14 @@ impl Readiness {
 }
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub readiness: Arc<Readiness>,
     pub flows: Arc<Mutex<FlowTable>>,
     pub metrics: Arc<Metrics>,
     pub inventory: Arc<ArcSwap<Inventory>>,
 }
 
-pub async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
+pub(crate) async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin endpoint on {addr}"))?;

@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use self::node::Node;
-pub use self::options::AgentOptions;
+pub(crate) use self::options::AgentOptions;
 use crate::{
     admin::{self, AdminState, EngineHandles, Readiness},
     cluster::{Source, model::ClusterState, source::Update},
@@ -42,7 +42,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGTERM or SIGINT, then drains the engine and leaves the datapath in
 /// the kernel for the next agent (fail closed).
-pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
     resources::raise_fd_limit();
     let readiness = Arc::new(Readiness::default());
     let identities = Arc::new(Identities::new(&options.identity).context("setting up workload identities")?);

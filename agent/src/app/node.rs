@@ -36,7 +36,7 @@ pub(super) struct Node {
 
 impl Node {
     /// Brings the engine and the kernel in line with `state`.
-    pub async fn apply(&mut self, state: &Arc<ClusterState>) {
+    pub(super) async fn apply(&mut self, state: &Arc<ClusterState>) {
         let changes = self.enrolment.reconcile(&self.options.node, state);
         for key in &changes.enrolled {
             tracing::info!(workload = %key, "enrolled");

@@ -12,7 +12,7 @@ use crate::{
 };
 
 #[derive(Clone, Debug)]
-pub struct AgentOptions {
+pub(crate) struct AgentOptions {
     pub node: String,
     /// Where workloads, services and policies come from.
     pub source: SourceOptions,

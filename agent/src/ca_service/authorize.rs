@@ -21,7 +21,7 @@ const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Why a signing request is refused; the message goes back to the caller as is.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(super) enum Refusal {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -35,7 +35,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -52,12 +52,12 @@ fn upstream(what: &str) -> impl Fn(kube::Error) -> Refusal + '_ {
 
 /// An authenticated agent and the node it runs on.
 #[derive(Clone, Debug)]
-pub struct Caller {
+pub(super) struct Caller {
     pub user: String,
     pub node: String,
 }
 
-pub struct Authorizer {
+pub(super) struct Authorizer {
     client: Client,
     audience: String,
     agent_user: String,
@@ -66,12 +66,12 @@ pub struct Authorizer {
 impl Authorizer {
     /// `agent_user` is the only user allowed to ask, e.g.
     /// `system:serviceaccount:lockmesh-system:lockmesh-agent`.
-    pub fn new(client: Client, audience: &str, agent_user: &str) -> Self {
+    pub(super) fn new(client: Client, audience: &str, agent_user: &str) -> Self {
         Self { client, audience: audience.into(), agent_user: agent_user.into() }
     }
 
     /// Reviews `token` and finds the caller's node.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
+    pub(super) async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.into(), audiences: Some(vec![self.audience.clone()]) },
             ..TokenReview::default()
@@ -150,7 +150,7 @@ impl Authorizer {
     }
 
     /// The name of a pod on `node` that runs as `identity`'s service account in its namespace.
-    pub async fn pod_running_as(&self, node: &str, identity: &SpiffeId) -> Result<String, Refusal> {
+    pub(super) async fn pod_running_as(&self, node: &str, identity: &SpiffeId) -> Result<String, Refusal> {
         let (namespace, account) = (&identity.namespace, &identity.service_account);
         let params =
             ListParams::default().fields(&format!("spec.nodeName={node},spec.serviceAccountName={account}"));

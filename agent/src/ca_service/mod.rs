@@ -2,7 +2,7 @@
 //! Agents send a CSR over HTTPS with their projected ServiceAccount token (`protocol`); the
 //! server signs only identities of pods scheduled on the caller's node (`authorize`), and sets
 //! SAN, lifetime and usages itself. Its own serving certificate comes from the CA it holds.
-pub mod authorize;
+mod authorize;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -41,7 +41,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVING_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Clone, Debug)]
-pub struct CaServiceOptions {
+pub(crate) struct CaServiceOptions {
     pub trust_domain: String,
     /// A plug-in CA in Istio's `cacerts` layout; without one, a self-signed root in `state_dir`.
     pub ca_dir: Option<PathBuf>,
@@ -56,7 +56,7 @@ pub struct CaServiceOptions {
     pub agent_user: String,
 }
 
-pub struct CaService {
+pub(crate) struct CaService {
     ca: Ca,
     authorizer: Authorizer,
     trust_domain: String,
@@ -72,7 +72,7 @@ struct Outcome {
 }
 
 /// Serves on `listener` until an error stops accepting; `client` reaches the API server.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     options: &CaServiceOptions,
     client: kube::Client,

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 /// GETs `path` from the admin endpoint; fails on a non-2xx status with the body as the reason.
-pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<hyper::Response<Incoming>> {
+pub(super) async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<hyper::Response<Incoming>> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: hyper::Uri = format!("http://{admin}{path}").parse().context("building the admin URL")?;
     let response = client
@@ -24,14 +24,14 @@ pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<hyper::Respons
 }
 
 /// GETs `path` and returns the whole body.
-pub async fn get_bytes(admin: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+pub(super) async fn get_bytes(admin: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
     let response = get(admin, path).await?;
     Ok(response.into_body().collect().await.context("reading the admin response")?.to_bytes())
 }
 
 /// The flows of a running agent (`/flows`), or those recorded in audit-log `files` when any are
 /// given.
-pub async fn flow_records(
+pub(super) async fn flow_records(
     admin: SocketAddr,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<Vec<crate::report::flows::FlowRecord>> {

@@ -13,7 +13,7 @@ use crate::{
     app::{self, AgentOptions},
     cluster::{SourceOptions, kube::KubeOptions},
     desired::maps::StrictExemption,
-    engine::limits::EngineLimits,
+    engine::{hbone::DEFAULT_MAX_STREAMS, limits::EngineLimits},
     identity::{IdentityOptions, remote::RemoteCaOptions},
     kernel::{self, DatapathOptions},
     policy::MeshParams,
@@ -144,7 +144,7 @@ pub struct AgentArgs {
     pub strict_exempt: Vec<StrictExemption>,
 
     /// HTTP/2 streams multiplexed on one HBONE connection before another is opened.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
 
     /// Outbound HBONE connections pooled at once (all peers); beyond it the connection idle

@@ -20,7 +20,7 @@ pub enum AuditCommand {
     },
 }
 
-pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+pub(super) fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { files, pubkey } => verify(&files, pubkey),
     }

@@ -27,7 +27,7 @@ pub enum CheckOutput {
     Json,
 }
 
-pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let path = match &args.workload {
         Some(workload) => format!("/check?workload={}", workload.replace('/', "%2F")),
         None => "/check".to_string(),

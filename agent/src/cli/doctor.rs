@@ -59,7 +59,7 @@ pub struct DoctorArgs {
 }
 
 /// Runs the checks the flags ask for and prints them; fails when something required is missing.
-pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let source = match (args.config, args.kube) {
         (Some(dir), _) => DoctorSource::Dir(dir),
         (None, true) => DoctorSource::Kube(args.kubeconfig),
@@ -92,7 +92,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
 
 /// What to look at; the defaults are the agent's.
 #[derive(Clone, Debug)]
-pub struct DoctorOptions {
+pub(super) struct DoctorOptions {
     pub cgroup: Option<PathBuf>,
     pub bpffs_dir: PathBuf,
     pub source: DoctorSource,
@@ -107,7 +107,7 @@ pub struct DoctorOptions {
 }
 
 #[derive(Clone, Debug)]
-pub enum DoctorSource {
+pub(super) enum DoctorSource {
     /// `--config DIR`.
     Dir(PathBuf),
     /// `--kube`, with `--kubeconfig` when given.
@@ -117,7 +117,7 @@ pub enum DoctorSource {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
+pub(super) struct Finding {
     pub name: &'static str,
     pub ok: bool,
     /// The agent cannot run without it.
@@ -128,13 +128,13 @@ pub struct Finding {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(super) struct Report {
     /// Every required finding is ok.
     pub ok: bool,
     pub findings: Vec<Finding>,
 }
 
-pub const MIN_KERNEL: (u32, u32) = (6, 6);
+pub(super) const MIN_KERNEL: (u32, u32) = (6, 6);
 /// Where the kubelet mounts a pod's service account token (in-cluster config).
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -143,7 +143,7 @@ fn finding(name: &'static str, ok: bool, detail: String, hint: &str) -> Finding 
 }
 
 /// Every finding, for the options given.
-pub fn check(options: &DoctorOptions) -> Report {
+pub(super) fn check(options: &DoctorOptions) -> Report {
     let findings = vec![
         kernel_version(&options.osrelease),
         btf(&options.btf),
@@ -353,7 +353,7 @@ fn certificate_authority(plugin: Option<&Path>, state_dir: &Path) -> Finding {
 }
 
 /// One line per finding: ✓ or ✗, the name, what was found, and a hint for what is missing.
-pub fn render(report: &Report) -> String {
+pub(super) fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for f in &report.findings {

@@ -113,7 +113,7 @@ pub enum FlowsOutput {
     Compact,
 }
 
-pub async fn run(args: FlowsArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: FlowsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let style = Style { color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() };
     let filter = args.filter();

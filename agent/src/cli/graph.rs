@@ -30,7 +30,7 @@ pub enum GraphFormat {
     Svg,
 }
 
-pub async fn run(args: GraphArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: GraphArgs) -> anyhow::Result<()> {
     let records = admin_client::flow_records(args.admin, &args.file).await?;
     let graph = Graph::from_records(&records);
     match args.format {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use crate::{desired::maps::StrictExemption, kernel::RESIZABLE_MAPS};
 
 /// `10.0.0.1` or `10.0.0.1:8080`.
-pub fn parse_exemption(text: &str) -> Result<StrictExemption, String> {
+pub(super) fn parse_exemption(text: &str) -> Result<StrictExemption, String> {
     if let Ok(addr) = text.parse::<std::net::SocketAddrV4>() {
         return Ok(StrictExemption { source: *addr.ip(), port: addr.port() });
     }
@@ -14,7 +14,7 @@ pub fn parse_exemption(text: &str) -> Result<StrictExemption, String> {
 }
 
 /// `250ms`, `6s`, `30m`, `24h` or a number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -32,7 +32,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses `NAME=N` of `--bpf-map-entries`.
-pub fn parse_map_entries(text: &str) -> Result<(String, u32), String> {
+pub(super) fn parse_map_entries(text: &str) -> Result<(String, u32), String> {
     let (name, entries) = text.split_once('=').ok_or_else(|| format!("{text:?}: expected NAME=ENTRIES"))?;
     let name = name.trim().to_uppercase();
     if !RESIZABLE_MAPS.contains(&name.as_str()) {

@@ -18,7 +18,7 @@ pub struct EnrolledWorkload {
 }
 
 #[derive(Default)]
-pub struct Enrolment {
+pub(crate) struct Enrolment {
     pods: BTreeMap<ObjectKey, EnrolledWorkload>,
     /// Local workloads that could not be enrolled yet, with the reason (retried).
     pending: BTreeMap<ObjectKey, String>,
@@ -26,21 +26,15 @@ pub struct Enrolment {
 
 /// What a reconcile changed, for logs.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
+pub(crate) struct Changes {
     pub enrolled: Vec<ObjectKey>,
     pub unenrolled: Vec<ObjectKey>,
     pub updated: Vec<ObjectKey>,
 }
 
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.enrolled.is_empty() && self.unenrolled.is_empty() && self.updated.is_empty()
-    }
-}
-
 impl Enrolment {
     /// Enrols this node's workloads of `state`, unenrols the rest.
-    pub fn reconcile(&mut self, node: &str, state: &ClusterState) -> Changes {
+    pub(crate) fn reconcile(&mut self, node: &str, state: &ClusterState) -> Changes {
         let mut changes = Changes::default();
         let local: BTreeMap<&ObjectKey, &Arc<Workload>> =
             state.workloads.iter().filter(|w| w.node == node).map(|w| (&w.key, w)).collect();
@@ -89,11 +83,11 @@ impl Enrolment {
     }
 
     /// Some local workloads wait for their namespace to appear.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    pub fn pods(&self) -> impl Iterator<Item = &EnrolledWorkload> {
+    pub(crate) fn pods(&self) -> impl Iterator<Item = &EnrolledWorkload> {
         self.pods.values()
     }
 }

@@ -18,12 +18,12 @@ use crate::{
 /// with its namespace while the namespace has pods enrolled here (so map keys do not churn),
 /// and is given again once it has none: at most one number per enrolled pod.
 #[derive(Default)]
-pub struct Classes {
+pub(crate) struct Classes {
     ids: HashMap<String, u32>,
 }
 
 impl Classes {
-    pub fn of(&mut self, namespace: &str) -> u32 {
+    pub(crate) fn of(&mut self, namespace: &str) -> u32 {
         if let Some(id) = self.ids.get(namespace) {
             return *id;
         }
@@ -34,12 +34,12 @@ impl Classes {
     }
 
     /// The namespace numbered `class`, for messages.
-    pub fn name_of(&self, class: u32) -> Option<&str> {
+    pub(crate) fn name_of(&self, class: u32) -> Option<&str> {
         self.ids.iter().find(|(_, id)| **id == class).map(|(name, _)| name.as_str())
     }
 
     /// Forgets the namespaces not in `in_use`.
-    pub fn retain(&mut self, in_use: &BTreeSet<&str>) {
+    pub(crate) fn retain(&mut self, in_use: &BTreeSet<&str>) {
         self.ids.retain(|name, _| in_use.contains(name.as_str()));
     }
 
@@ -57,14 +57,14 @@ pub struct StrictExemption {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct KernelState {
+pub(crate) struct KernelState {
     pub enrolled: BTreeMap<u64, EnrolledPod>,
     pub capture: BTreeMap<CaptureKey, u32>,
     pub strict: BTreeMap<StrictKey, u32>,
     pub exempt: BTreeMap<ExemptKey, u32>,
 }
 
-pub fn kernel_state(
+pub(crate) fn kernel_state(
     state: &ClusterState,
     mesh: &MeshParams,
     enrolment: &Enrolment,
@@ -107,7 +107,9 @@ pub fn kernel_state(
 
 /// What `POD_SOURCES` must hold: each guarded pod's addresses (from its Workload, never from
 /// what the pod configured itself), by the index of its host-side interface.
-pub fn pod_sources<'a>(pods: impl IntoIterator<Item = (u32, &'a [Ipv4Addr])>) -> BTreeMap<SourceKey, u32> {
+pub(crate) fn pod_sources<'a>(
+    pods: impl IntoIterator<Item = (u32, &'a [Ipv4Addr])>,
+) -> BTreeMap<SourceKey, u32> {
     pods.into_iter()
         .flat_map(|(ifindex, addresses)| {
             addresses.iter().map(move |ip| (SourceKey { ifindex, ip4: u32::from(*ip).to_be() }, 1))

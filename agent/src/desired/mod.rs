@@ -1,6 +1,6 @@
 //! What this node must do, derived from a cluster state and Istio policy: which of its workloads
 //! are enrolled (with their network namespaces), the inventory that names addresses, and the
 //! contents of the kernel maps. Pure but for opening the enrolled pods' namespaces.
-pub mod enrolment;
+pub(crate) mod enrolment;
 pub mod inventory;
-pub mod maps;
+pub(crate) mod maps;

@@ -18,7 +18,7 @@ const SMALL_CHUNK: usize = 16 * 1024;
 
 /// How a copy ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Copied {
+pub(super) struct Copied {
     /// App → peer.
     pub sent: u64,
     /// Peer → app.
@@ -37,7 +37,7 @@ pub enum CopyError {
 
 /// What the app wrote while its CONNECT was unanswered, already sent behind the CONNECT.
 #[derive(Debug)]
-pub enum Early {
+pub(super) enum Early {
     /// The answer came first.
     Nothing,
     /// This many bytes went out.
@@ -51,7 +51,7 @@ pub enum Early {
 /// Waits for `answer` (the peer's answer to the CONNECT) and meanwhile sends the app's first
 /// read behind the CONNECT, so that a request does not wait a round trip for the answer. At
 /// most one read (`SMALL_CHUNK` bytes) goes out unanswered: a refused stream discards no more.
-pub async fn while_answering<T>(
+pub(super) async fn while_answering<T>(
     tcp: &TcpStream,
     send: &mut SendStream<Bytes>,
     answer: impl Future<Output = T>,
@@ -78,7 +78,7 @@ pub async fn while_answering<T>(
 
 /// Copies until both directions are done, after what `early` already sent; returns the byte
 /// counts (`early`'s included) and the first error.
-pub async fn bidirectional(
+pub(super) async fn bidirectional(
     tcp: &mut TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,

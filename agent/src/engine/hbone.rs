@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// Streams per pooled connection before another connection is opened (ztunnel's default).
-pub const DEFAULT_MAX_STREAMS: u32 = 100;
+pub(crate) const DEFAULT_MAX_STREAMS: u32 = 100;
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;

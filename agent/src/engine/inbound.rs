@@ -29,7 +29,7 @@ use crate::identity::{PeerInfo, TlsInfo};
 /// How long a connection closed for idleness may take to say goodbye (GOAWAY).
 const GOODBYE: Duration = Duration::from_secs(1);
 
-pub async fn serve(
+pub(super) async fn serve(
     ctx: Arc<EngineContext>,
     pod: Arc<PodProxy>,
     listener: tokio::net::TcpListener,

@@ -47,7 +47,7 @@ pub enum LimitReason {
 /// Peer identities tracked with open streams at once; a stream of one more identity is refused
 /// (429) and counted. Each needs a certificate of the mesh's CA, so this only bounds a mesh
 /// with more distinct clients of one node than any real one has.
-pub const MAX_PEERS: usize = 65_536;
+pub(crate) const MAX_PEERS: usize = 65_536;
 
 impl LimitReason {
     /// Every reason, in the order of the counters.

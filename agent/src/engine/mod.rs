@@ -2,11 +2,11 @@
 //! namespace — 127.0.0.1:15001 for captured outbound connections, 0.0.0.0:15008 for HBONE from
 //! other engines — and the pool of HBONE connections to peers. Enrolment opens and closes them
 //! live.
-pub mod connections;
+pub(crate) mod connections;
 mod copy;
 pub mod hbone;
 mod inbound;
-pub mod limits;
+pub(crate) mod limits;
 mod outbound;
 pub mod sockets;
 

@@ -27,7 +27,7 @@ use crate::{
     policy::{self, Decision, Destination},
 };
 
-pub async fn serve(
+pub(super) async fn serve(
     ctx: Arc<EngineContext>,
     pod: Arc<PodProxy>,
     listener: tokio::net::TcpListener,

@@ -10,13 +10,13 @@ use super::{
     remote::RemoteCa,
 };
 
-pub enum Issuer {
+pub(super) enum Issuer {
     Local(Ca),
     Remote(RemoteCa),
 }
 
 impl Issuer {
-    pub fn new(options: &IdentityOptions, provider: &Arc<CryptoProvider>) -> anyhow::Result<Self> {
+    pub(super) fn new(options: &IdentityOptions, provider: &Arc<CryptoProvider>) -> anyhow::Result<Self> {
         Ok(match &options.remote_ca {
             Some(remote) => Self::Remote(RemoteCa::new(remote, &options.trust_domain, provider.clone())?),
             None => {
@@ -26,7 +26,7 @@ impl Issuer {
     }
 
     /// The trust bundle peers' chains must lead to.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
+    pub(super) fn roots(&self) -> &[CertificateDer<'static>] {
         match self {
             Self::Local(ca) => &ca.roots,
             Self::Remote(remote) => &remote.roots,
@@ -34,7 +34,7 @@ impl Issuer {
     }
 
     /// Where certificates come from, for logs.
-    pub fn source(&self) -> &str {
+    pub(super) fn source(&self) -> &str {
         match self {
             Self::Local(ca) => &ca.source,
             Self::Remote(remote) => &remote.source,
@@ -42,7 +42,7 @@ impl Issuer {
     }
 
     /// A certificate and key for `identity`, valid for `ttl` or less.
-    pub async fn issue(&self, identity: &str, ttl: std::time::Duration) -> anyhow::Result<SignedLeaf> {
+    pub(super) async fn issue(&self, identity: &str, ttl: std::time::Duration) -> anyhow::Result<SignedLeaf> {
         match self {
             Self::Local(ca) => ca.issue(identity, ttl),
             Self::Remote(remote) => remote.issue(identity, ttl).await,

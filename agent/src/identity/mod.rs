@@ -5,8 +5,8 @@
 pub mod ca;
 mod handshake;
 mod issuer;
-pub mod protocol;
-pub mod remote;
+pub(crate) mod protocol;
+pub(crate) mod remote;
 pub mod spiffe;
 /// Public for the fuzz targets (`agent/fuzz`): the verifiers as rustls calls them.
 #[doc(hidden)]
@@ -35,7 +35,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use self::handshake::{PeerInfo, TlsInfo, handshake_failure, handshake_reason, peer_info};
-pub use self::verify::{MAX_INTERMEDIATES, PeerCertError, PeerRole, spiffe_id_of};
+pub use self::verify::spiffe_id_of;
 use self::{
     issuer::Issuer,
     remote::RemoteCaOptions,

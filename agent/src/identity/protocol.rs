@@ -16,22 +16,22 @@
 //! failed), 502 (the API server failed).
 use serde::{Deserialize, Serialize};
 
-pub const SIGN_PATH: &str = "/v1/sign";
+pub(crate) const SIGN_PATH: &str = "/v1/sign";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignRequest {
+pub(crate) struct SignRequest {
     pub csr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SignResponse {
+pub(crate) struct SignResponse {
     pub cert_chain_pem: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorResponse {
+pub(crate) struct ErrorResponse {
     pub error: String,
 }

@@ -44,13 +44,13 @@ pub struct RemoteCaOptions {
 /// The CA service answered with an error status.
 #[derive(Debug, thiserror::Error)]
 #[error("the CA at {url} refused: {status}: {message}")]
-pub struct Refused {
+pub(crate) struct Refused {
     pub url: String,
     pub status: StatusCode,
     pub message: String,
 }
 
-pub struct RemoteCa {
+pub(crate) struct RemoteCa {
     url: String,
     host: String,
     port: u16,
@@ -66,7 +66,7 @@ pub struct RemoteCa {
 }
 
 impl RemoteCa {
-    pub fn new(
+    pub(crate) fn new(
         options: &RemoteCaOptions,
         trust_domain: &str,
         provider: Arc<CryptoProvider>,
@@ -118,7 +118,7 @@ impl RemoteCa {
     }
 
     /// A certificate for `identity` with a key made here; the CA service caps `ttl`.
-    pub async fn issue(&self, identity: &str, ttl: Duration) -> anyhow::Result<SignedLeaf> {
+    pub(crate) async fn issue(&self, identity: &str, ttl: Duration) -> anyhow::Result<SignedLeaf> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a leaf key")?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -134,7 +134,7 @@ impl RemoteCa {
     }
 
     /// Sends `csr_pem` to the CA service; returns the chain it signed (leaf first).
-    pub async fn sign_csr(
+    pub(crate) async fn sign_csr(
         &self,
         csr_pem: &str,
         ttl: Duration,

@@ -5,7 +5,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::*;
+use super::{verify::PeerRole, *};
 
 const PP: &str = "spiffe://cluster.local/ns/bookinfo/sa/productpage";
 const DETAILS: &str = "spiffe://cluster.local/ns/bookinfo/sa/details";

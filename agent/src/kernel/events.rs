@@ -8,9 +8,9 @@ use lockmesh_common::{FlowEvent, maps as map_names};
 use tokio::io::unix::AsyncFd;
 
 /// An event as the kernel reported it.
-pub type KernelEvent = FlowEvent;
+pub(crate) type KernelEvent = FlowEvent;
 
-pub struct EventReader {
+pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
@@ -27,7 +27,7 @@ impl EventReader {
     }
 
     /// Waits for events and hands each to `sink`, in kernel order.
-    pub async fn next_batch(&mut self, mut sink: impl FnMut(KernelEvent)) -> anyhow::Result<()> {
+    pub(crate) async fn next_batch(&mut self, mut sink: impl FnMut(KernelEvent)) -> anyhow::Result<()> {
         let mut guard = self.ring.readable_mut().await.context("polling FLOW_EVENTS")?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {

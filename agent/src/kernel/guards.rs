@@ -14,7 +14,7 @@ use crate::{
 /// The host-side interface each enrolled pod's guards are on, with the namespace they were
 /// found for (a new namespace at the same pod means a new interface).
 #[derive(Default)]
-pub struct Guards {
+pub(crate) struct Guards {
     by_pod: HashMap<ObjectKey, (u64, String)>,
 }
 
@@ -22,7 +22,7 @@ impl Guards {
     /// Keeps the STRICT guard on the host side of every enrolled pod's interface; removes the
     /// guards of pods that left (or whose namespace changed). A pod that cannot be guarded now
     /// is retried on the next call.
-    pub async fn guard_pods(&mut self, datapath: &mut Datapath, enrolment: &Enrolment) {
+    pub(crate) async fn guard_pods(&mut self, datapath: &mut Datapath, enrolment: &Enrolment) {
         let current: HashMap<&ObjectKey, u64> =
             enrolment.pods().map(|p| (&p.workload.key, p.netns.cookie())).collect();
         let stale: Vec<ObjectKey> = self
@@ -62,7 +62,7 @@ impl Guards {
     /// first the allowed sources, then the program (which drops whatever is not listed). A pod
     /// whose sources did not fit in `POD_SOURCES` gets no new guard: it would drop all of the
     /// pod's traffic (logged, counted, retried). Returns `POD_SOURCES`' problem.
-    pub fn guard_sources(
+    pub(crate) fn guard_sources(
         &self,
         datapath: &mut Datapath,
         maps: &mut KernelMaps,
@@ -86,10 +86,10 @@ impl Guards {
         let pods: HashMap<u32, String> = interfaces.iter().map(|(i, _, pod, _)| (*i, pod.clone())).collect();
         let (problem, incomplete) = maps.sync_pod_sources(&sources, &pods);
         for (ifindex, interface, _, _) in &interfaces {
-            if incomplete.contains(&ifindex) {
+            if incomplete.contains(ifindex) {
                 continue;
             }
-            if let Err(e) = datapath.guard_sources(&interface) {
+            if let Err(e) = datapath.guard_sources(interface) {
                 // Retried on the next tick; the pod can spoof until then.
                 tracing::error!(%interface, error = %format!("{e:#}"), "cannot attach the anti-spoofing guard");
             }

@@ -17,7 +17,7 @@ use super::stats::MapStats;
 
 /// A hash map the agent owns: `sync` makes it hold exactly the desired entries, counting what
 /// it holds and the writes the kernel refused (a full map) in [`MapStats`].
-pub struct SyncedMap<K, V> {
+pub(crate) struct SyncedMap<K, V> {
     name: &'static str,
     map: HashMap<MapData, K, V>,
     stats: MapStats,
@@ -26,19 +26,19 @@ pub struct SyncedMap<K, V> {
 }
 
 /// Enrolled pods by network-namespace cookie.
-pub type EnrolledMap = SyncedMap<u64, EnrolledPod>;
+pub(super) type EnrolledMap = SyncedMap<u64, EnrolledPod>;
 /// Which destinations each class of pods has steered into the engine.
-pub type CaptureMap = SyncedMap<CaptureKey, u32>;
+pub(super) type CaptureMap = SyncedMap<CaptureKey, u32>;
 /// STRICT ports of enrolled pods.
-pub type StrictMap = SyncedMap<StrictKey, u32>;
+pub(super) type StrictMap = SyncedMap<StrictKey, u32>;
 /// Sources exempt from STRICT (health probes).
-pub type ExemptMap = SyncedMap<ExemptKey, u32>;
+pub(super) type ExemptMap = SyncedMap<ExemptKey, u32>;
 /// Addresses each enrolled pod may send from (anti-spoofing).
-pub type PodSourcesMap = SyncedMap<SourceKey, u32>;
+pub(super) type PodSourcesMap = SyncedMap<SourceKey, u32>;
 
 /// A write the kernel refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteError {
+pub(crate) struct WriteError {
     /// The map is at its capacity (`E2BIG`).
     pub full: bool,
     pub message: String,
@@ -46,7 +46,7 @@ pub struct WriteError {
 
 /// What one sync did.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SyncOutcome<K> {
+pub(crate) struct SyncOutcome<K> {
     pub added: usize,
     pub removed: usize,
     /// Entries the map holds afterwards.
@@ -59,7 +59,7 @@ pub struct SyncOutcome<K> {
 
 impl<K> SyncOutcome<K> {
     /// Whether any refusal was because the map is full.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.failed.iter().any(|(_, e)| e.full)
     }
 }
@@ -138,18 +138,18 @@ impl<K: Pod + Ord, V: Pod + PartialEq> SyncedMap<K, V> {
         Ok(Self { name, map: HashMap::try_from(map)?, stats, last_failure_log: None })
     }
 
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
     /// The map's capacity (max entries).
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.stats.get(self.name).capacity
     }
 
     /// Makes the map hold exactly `desired` (entries adopted from a previous agent included),
     /// as far as it fits; counts its entries and the refused writes.
-    pub fn sync(&mut self, desired: &BTreeMap<K, V>) -> SyncOutcome<K> {
+    pub(crate) fn sync(&mut self, desired: &BTreeMap<K, V>) -> SyncOutcome<K> {
         let outcome = sync_entries(&mut self.map, desired);
         self.stats.update(self.name, |stat| {
             stat.entries = Some(outcome.entries as u64);
@@ -160,7 +160,7 @@ impl<K: Pod + Ord, V: Pod + PartialEq> SyncedMap<K, V> {
 
     /// Whether to log this sync's refused writes: when their number changed, or once a minute
     /// while it lasts (the agent retries every second).
-    pub fn should_log_failures(&mut self, failed: usize) -> bool {
+    pub(crate) fn should_log_failures(&mut self, failed: usize) -> bool {
         let due = match self.last_failure_log {
             _ if failed == 0 => false,
             Some((last, at)) => last != failed || at.elapsed() >= FAILURE_LOG_EVERY,
@@ -197,13 +197,13 @@ impl OrigDstMap {
 }
 
 /// The kernel's per-CPU counters, summed.
-pub struct Counters {
+pub(crate) struct Counters {
     map: PerCpuArray<MapData, u64>,
 }
 
 /// A reading of the kernel counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CounterValues {
+pub(crate) struct CounterValues {
     pub ring_buffer_drops: u64,
     pub flows_opened: u64,
     pub flows_closed: u64,
@@ -218,7 +218,7 @@ impl Counters {
         Ok(Self { map: PerCpuArray::try_from(map)? })
     }
 
-    pub fn read(&self) -> anyhow::Result<CounterValues> {
+    pub(crate) fn read(&self) -> anyhow::Result<CounterValues> {
         let sum = |index: u32| -> anyhow::Result<u64> {
             Ok(self.map.get(&index, 0).context("reading COUNTERS")?.iter().sum())
         };

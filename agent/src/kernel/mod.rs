@@ -12,17 +12,17 @@ mod sync;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-pub use events::{EventReader, KernelEvent};
-pub use guards::Guards;
-pub use loader::{Datapath, ProgramRef, is_bpffs, remove_pins};
+pub(crate) use events::EventReader;
+pub(crate) use guards::Guards;
+pub(crate) use loader::{Datapath, ProgramRef, is_bpffs, remove_pins};
 use lockmesh_common::maps as map_names;
-pub use maps::{CounterValues, Counters, OrigDstMap};
-pub use stats::{MapStat, MapStats};
-pub use sync::{KernelMaps, MapProblem};
+pub(crate) use maps::{CounterValues, Counters, OrigDstMap};
+pub(crate) use stats::{MapStat, MapStats};
+pub(crate) use sync::{KernelMaps, MapProblem};
 
 /// Where and how to load the datapath.
 #[derive(Clone, Debug)]
-pub struct DatapathOptions {
+pub(crate) struct DatapathOptions {
     /// cgroup v2 directory whose processes (and descendants) are observed and steered.
     pub cgroup: PathBuf,
     /// bpffs directory for this node's pinned maps.
@@ -38,7 +38,7 @@ pub struct DatapathOptions {
 
 /// Maps whose capacity `--bpf-map-entries` may set (`ENROLLED` has `--max-enrolled`,
 /// `FLOW_EVENTS` `--ring-buffer-bytes`; `COUNTERS` is fixed).
-pub const RESIZABLE_MAPS: &[&str] = &[
+pub(crate) const RESIZABLE_MAPS: &[&str] = &[
     map_names::CAPTURE,
     map_names::STRICT,
     map_names::STRICT_EXEMPT,
@@ -50,7 +50,7 @@ pub const RESIZABLE_MAPS: &[&str] = &[
 ];
 
 /// The flag that sets a map's capacity, for messages.
-pub fn capacity_flag(map: &str) -> String {
+pub(crate) fn capacity_flag(map: &str) -> String {
     match map {
         map_names::ENROLLED => "--max-enrolled".into(),
         map_names::FLOW_EVENTS => "--ring-buffer-bytes".into(),

@@ -14,11 +14,11 @@ use serde::Serialize;
 /// How often the kernel-written maps are counted. Walking a map costs one `bpf()` syscall per
 /// entry (about a microsecond): at most 3 × 65 536 syscalls, ~0.1–0.2 s of one CPU, every
 /// 10 s when every LRU map is full; nothing when they are empty.
-pub const COUNT_EVERY: Duration = Duration::from_secs(10);
+pub(super) const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 /// One map's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MapStat {
+pub(crate) struct MapStat {
     /// Entries now; `None` for maps without countable entries (the ring buffer, the counters
     /// array) and before the first count.
     pub entries: Option<u64>,
@@ -30,20 +30,20 @@ pub struct MapStat {
 
 /// Shared figures of every map, by map name. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct MapStats(Arc<Mutex<BTreeMap<&'static str, MapStat>>>);
+pub(crate) struct MapStats(Arc<Mutex<BTreeMap<&'static str, MapStat>>>);
 
 impl MapStats {
-    pub fn update(&self, map: &'static str, change: impl FnOnce(&mut MapStat)) {
+    pub(crate) fn update(&self, map: &'static str, change: impl FnOnce(&mut MapStat)) {
         if let Ok(mut maps) = self.0.lock() {
             change(maps.entry(map).or_default());
         }
     }
 
-    pub fn get(&self, map: &str) -> MapStat {
+    pub(crate) fn get(&self, map: &str) -> MapStat {
         self.0.lock().ok().and_then(|m| m.get(map).copied()).unwrap_or_default()
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, MapStat> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, MapStat> {
         self.0
             .lock()
             .map(|m| m.iter().map(|(name, stat)| (name.to_string(), *stat)).collect())

@@ -15,10 +15,10 @@ use crate::desired::{
 };
 
 /// A map and what it could not hold at its last sync (`None`: everything fits).
-pub type MapProblem = (&'static str, Option<String>);
+pub(crate) type MapProblem = (&'static str, Option<String>);
 
 /// The hash maps the agent writes.
-pub struct KernelMaps {
+pub(crate) struct KernelMaps {
     enrolled: EnrolledMap,
     capture: CaptureMap,
     strict: StrictMap,
@@ -27,7 +27,7 @@ pub struct KernelMaps {
 }
 
 impl KernelMaps {
-    pub fn take(datapath: &mut Datapath) -> anyhow::Result<Self> {
+    pub(crate) fn take(datapath: &mut Datapath) -> anyhow::Result<Self> {
         Ok(Self {
             enrolled: datapath.synced_map(map_names::ENROLLED)?,
             capture: datapath.synced_map(map_names::CAPTURE)?,
@@ -39,7 +39,7 @@ impl KernelMaps {
 
     /// Makes `ENROLLED`, `CAPTURE`, `STRICT` and `STRICT_EXEMPT` hold `desired`, as far as they
     /// fit; returns each map's problem. `enrolment` and `classes` name what is left out.
-    pub fn sync_all(
+    pub(crate) fn sync_all(
         &mut self,
         desired: &KernelState,
         enrolment: &Enrolment,
@@ -106,7 +106,7 @@ impl KernelMaps {
     /// Makes `POD_SOURCES` hold `desired`; `pods` names each interface's pod. Returns the map's
     /// problem and the interfaces whose addresses did not all fit (they must not be guarded: the
     /// guard would drop the traffic of the addresses left out).
-    pub fn sync_pod_sources(
+    pub(crate) fn sync_pod_sources(
         &mut self,
         desired: &BTreeMap<SourceKey, u32>,
         pods: &HashMap<u32, String>,

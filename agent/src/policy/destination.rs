@@ -229,7 +229,7 @@ struct Selected<'a> {
 }
 
 /// `spec.host` as Istio resolves it (`ResolveShortnameToFQDN`).
-pub fn resolve_host(host: &str, namespace: &str, domain: &str) -> String {
+pub(super) fn resolve_host(host: &str, namespace: &str, domain: &str) -> String {
     if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
         host.to_string()
     } else {

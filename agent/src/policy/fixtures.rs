@@ -7,12 +7,12 @@ use crate::cluster::{
     model::{ClusterState, Service, Workload},
 };
 
-pub fn params() -> MeshParams {
+pub(crate) fn params() -> MeshParams {
     MeshParams::default()
 }
 
 /// The state a config dir holding `yaml` yields; fails on errors (warnings are fine).
-pub fn state(yaml: &str) -> ClusterState {
+pub(crate) fn state(yaml: &str) -> ClusterState {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("config.yaml"), yaml).unwrap();
     let reload = ConfigDir::new(dir.path()).reload().unwrap();
@@ -22,7 +22,7 @@ pub fn state(yaml: &str) -> ClusterState {
 }
 
 /// A Workload document.
-pub fn workload(namespace: &str, name: &str, labels: &str, ip: &str) -> String {
+pub(crate) fn workload(namespace: &str, name: &str, labels: &str, ip: &str) -> String {
     format!(
         "apiVersion: lockmesh.io/v1alpha1
 kind: Workload
@@ -34,7 +34,7 @@ spec: {{node: node1, addresses: [{ip}]}}
 }
 
 /// A PeerAuthentication document; `extra` is added to `metadata` (e.g. a creationTimestamp).
-pub fn peer_auth(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
+pub(crate) fn peer_auth(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -46,7 +46,7 @@ spec: {spec}
 }
 
 /// A DestinationRule document.
-pub fn dest_rule(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
+pub(crate) fn dest_rule(namespace: &str, name: &str, extra: &str, spec: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -58,7 +58,7 @@ spec: {spec}
 }
 
 /// A Service document.
-pub fn service(namespace: &str, name: &str, spec: &str) -> String {
+pub(crate) fn service(namespace: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Service
@@ -69,18 +69,18 @@ spec: {spec}
     )
 }
 
-pub fn find_workload<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Workload> {
+pub(crate) fn find_workload<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Workload> {
     state.workloads.iter().find(|w| w.key.to_string() == key).unwrap()
 }
 
-pub fn find_svc<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Service> {
+pub(crate) fn find_svc<'a>(state: &'a ClusterState, key: &str) -> &'a Arc<Service> {
     state.services.iter().find(|s| s.key.to_string() == key).unwrap()
 }
 
 /// bookinfo's productpage (node1) and details (node2, probed by its kubelet on 8081 and 15020);
 /// details' Service (80 → 8080, 81 → 9090); a STRICT PeerAuthentication for details with port
 /// 9000 PERMISSIVE; an ISTIO_MUTUAL DestinationRule for details with port 81 DISABLE.
-pub const BOOKINFO_DETAILS: &str = "\
+pub(crate) const BOOKINFO_DETAILS: &str = "\
 apiVersion: lockmesh.io/v1alpha1
 kind: Workload
 metadata: {name: productpage, namespace: bookinfo, labels: {app: productpage}}

@@ -9,15 +9,14 @@
 //! function's documentation says what is done instead.
 //!
 //! [`ClusterState`]: crate::cluster::model::ClusterState
-pub mod destination;
-pub mod peer;
-pub mod services;
+mod destination;
+mod peer;
+mod services;
 
 pub use destination::{DecidedBy, Decision, Destination, Outbound, decide, outbound_tls};
-pub use peer::{MtlsMode, Resolved, WorkloadMtls, effective_mtls, workload_mtls};
+pub use peer::{MtlsMode, Resolved, effective_mtls, workload_mtls};
 pub use services::{
-    endpoints, find_service, selects, service_by_cluster_ip, service_for_workload_port, service_fqdn,
-    services_for_workload_port, target_port,
+    endpoints, selects, service_by_cluster_ip, service_for_workload_port, service_fqdn, target_port,
 };
 
 /// Mesh-wide settings the resolution depends on.

@@ -8,27 +8,6 @@ pub fn service_fqdn(service: &Service, domain: &str) -> String {
     format!("{}.{}.svc.{domain}", service.key.name, service.key.namespace)
 }
 
-/// The Service a host name designates, as DNS search paths resolve it from a pod in `namespace`:
-/// `name` (in `namespace`), `name.ns`, `name.ns.svc` or `name.ns.svc.<domain>` (a trailing dot
-/// allowed, case-insensitive).
-pub fn find_service<'a>(
-    state: &'a ClusterState,
-    host: &str,
-    namespace: &str,
-    domain: &str,
-) -> Option<&'a Arc<Service>> {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let relative =
-        host.strip_suffix(&format!(".svc.{domain}")).or_else(|| host.strip_suffix(".svc")).unwrap_or(&host);
-    let (name, ns) = match relative.split_once('.') {
-        None => (relative, namespace),
-        Some((name, ns)) if !ns.contains('.') => (name, ns),
-        Some(_) => return None,
-    };
-    state.services.iter().find(|s| s.key.name == name && s.key.namespace == ns)
-}
-
 /// The Service whose cluster IP is `ip`.
 pub fn service_by_cluster_ip(state: &ClusterState, ip: Ipv4Addr) -> Option<&Arc<Service>> {
     state.services.iter().find(|s| s.cluster_ip == Some(ClusterIp::Address(ip)))
@@ -59,7 +38,7 @@ pub fn target_port(service_port: &ServicePort, _workload: &Workload) -> u16 {
 
 /// Every (Service, TCP service port) that selects the workload and sends to its port `port`, in
 /// key order.
-pub fn services_for_workload_port<'a>(
+fn services_for_workload_port<'a>(
     state: &'a ClusterState,
     workload: &Workload,
     port: u16,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::{desired::inventory::Inventory, identity::CertificateStatus};
 
 #[derive(Debug, Serialize)]
-pub struct ConfigDump {
+pub(crate) struct ConfigDump {
     pub node: String,
     pub trust_domain: String,
     pub workloads: Vec<WorkloadDump>,
@@ -15,7 +15,7 @@ pub struct ConfigDump {
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct WorkloadDump {
+pub(crate) struct WorkloadDump {
     pub namespace: String,
     pub name: String,
     pub node: String,
@@ -28,7 +28,7 @@ pub struct WorkloadDump {
     pub enrolled: bool,
 }
 
-pub fn dump(
+pub(crate) fn dump(
     inventory: &Inventory,
     certificates: Vec<CertificateStatus>,
     config_errors: Vec<String>,

@@ -1,9 +1,9 @@
 //! What happened, for operators and auditors: flow records of every connection (from kernel
 //! events and the engine), the audit log, Istio's metrics, the mesh picture, `lockmesh check`
 //! and the config dump.
-pub mod audit;
+pub(crate) mod audit;
 pub mod check;
-pub mod config_dump;
-pub mod flows;
-pub mod graph;
-pub mod metrics;
+pub(crate) mod config_dump;
+pub(crate) mod flows;
+pub(crate) mod graph;
+pub(crate) mod metrics;

@@ -20,4 +20,4 @@ impl TableStat {
 }
 
 /// Tables by name.
-pub type Tables = BTreeMap<&'static str, TableStat>;
+pub(crate) type Tables = BTreeMap<&'static str, TableStat>;

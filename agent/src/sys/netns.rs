@@ -81,7 +81,7 @@ impl Drop for Return {
 }
 
 /// The cookie of the namespace the calling thread is in.
-pub fn netns_cookie_here() -> anyhow::Result<u64> {
+pub(crate) fn netns_cookie_here() -> anyhow::Result<u64> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     let fd =
         socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).context("socket()")?;
@@ -89,7 +89,7 @@ pub fn netns_cookie_here() -> anyhow::Result<u64> {
 }
 
 /// The cookie of the namespace a socket belongs to.
-pub fn socket_netns_cookie(socket: &impl AsRawFd) -> anyhow::Result<u64> {
+pub(crate) fn socket_netns_cookie(socket: &impl AsRawFd) -> anyhow::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, and a u64-sized output buffer with its length.

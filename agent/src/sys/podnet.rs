@@ -27,7 +27,7 @@ const RULE_PRIORITY: u32 = 20;
 const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Installs the rule, the route and the sysctls (idempotent).
-pub async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
+pub(crate) async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
     netns.enter(|| -> anyhow::Result<()> {
         for key in ["net/ipv4/tcp_fwmark_accept", "net/ipv4/fwmark_reflect"] {
             std::fs::write(format!("/proc/sys/{key}"), "1").with_context(|| format!("setting {key}"))?;
@@ -67,7 +67,7 @@ pub async fn prepare(netns: &NetNs) -> anyhow::Result<()> {
 }
 
 /// Removes the rule and the route (the pod leaves the mesh).
-pub async fn undo(netns: &NetNs) -> anyhow::Result<()> {
+pub(crate) async fn undo(netns: &NetNs) -> anyhow::Result<()> {
     let (handle, task) = connect(netns)?;
     let result = async {
         if let Some(rule) = find_rule(&handle).await? {
@@ -90,7 +90,7 @@ pub async fn undo(netns: &NetNs) -> anyhow::Result<()> {
 
 /// The name, in the agent's own namespace, of the host side of the veth that carries `pod_ip`
 /// into the pod: where traffic towards the pod can be checked before the pod can touch it.
-pub async fn host_interface(netns: &NetNs, pod_ip: Ipv4Addr) -> anyhow::Result<String> {
+pub(crate) async fn host_interface(netns: &NetNs, pod_ip: Ipv4Addr) -> anyhow::Result<String> {
     let (handle, task) = connect(netns)?;
     let result = async {
         let mut addresses = handle.address().get().execute();

@@ -6,7 +6,7 @@
 /// Trims the heap when the number of open flows fell far enough below its peak since the last
 /// trim: cheap when nothing happened, and never during a burst.
 #[derive(Debug, Default)]
-pub struct Trimmer {
+pub(crate) struct Trimmer {
     peak: usize,
 }
 
@@ -17,7 +17,7 @@ const ENDED_BEFORE_TRIM: usize = 1024;
 impl Trimmer {
     /// Called periodically with the number of open flows; trims when worth it. Returns whether
     /// it trimmed.
-    pub fn observe(&mut self, open: usize) -> bool {
+    pub(crate) fn observe(&mut self, open: usize) -> bool {
         self.peak = self.peak.max(open);
         if self.peak - open < ENDED_BEFORE_TRIM {
             return false;
@@ -31,7 +31,7 @@ impl Trimmer {
 /// File descriptors the agent allows itself: every tunneled connection holds one socket on each
 /// node, so the usual 1024 (or a container runtime's 20 000) would cap a node's connections far
 /// below what its memory allows. Raised to the kernel's ceiling (`fs.nr_open`), at most 2^20.
-pub fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     const WANTED: u64 = 1 << 20;
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()

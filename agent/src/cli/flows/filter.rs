@@ -76,19 +76,19 @@ fn identity_is(e: &Endpoint, pattern: &str) -> bool {
 }
 
 /// `10.0.0.1` or `10.0.0.0/24`.
-pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
+pub(super) fn parse_cidr(text: &str) -> Result<Cidr, String> {
     let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
     let addr = addr.parse().map_err(|_| format!("{text:?}: expected an IPv4 address or CIDR"))?;
     let prefix = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{text:?}: bad prefix"))?;
     Ok(Cidr { addr, prefix })
 }
 
-pub fn parse_verdict(text: &str) -> Result<Verdict, String> {
+pub(super) fn parse_verdict(text: &str) -> Result<Verdict, String> {
     serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase()))
         .map_err(|_| format!("{text:?}: one of forwarded, reset, denied, error"))
 }
 
-pub fn parse_encryption(text: &str) -> Result<Encryption, String> {
+pub(super) fn parse_encryption(text: &str) -> Result<Encryption, String> {
     match text.to_ascii_lowercase().as_str() {
         "mtls" | "mutual_tls" | "encrypted" => Ok(Encryption::Mtls),
         "plaintext" | "none" | "plain" => Ok(Encryption::Plaintext),
@@ -97,7 +97,7 @@ pub fn parse_encryption(text: &str) -> Result<Encryption, String> {
 }
 
 /// RFC 3339 (`2026-01-02T15:04:05Z`) or a time ago (`30s`, `5m`, `2h`, `1d`).
-pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+pub(super) fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t);
     }
@@ -106,12 +106,12 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     Ok(now - ago)
 }
 
-pub fn parse_time_now(text: &str) -> Result<OffsetDateTime, String> {
+pub(super) fn parse_time_now(text: &str) -> Result<OffsetDateTime, String> {
     parse_time(text, OffsetDateTime::now_utc())
 }
 
 /// The last `n` of `records` (all when `None`).
-pub fn last<T>(mut records: Vec<T>, n: Option<usize>) -> Vec<T> {
+pub(super) fn last<T>(mut records: Vec<T>, n: Option<usize>) -> Vec<T> {
     if let Some(n) = n {
         let skip = records.len().saturating_sub(n);
         records.drain(..skip);

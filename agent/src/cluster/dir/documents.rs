@@ -14,17 +14,17 @@ use crate::cluster::{
     model::{DestinationRule, ObjectKey, PeerAuthentication, ProbeExemption, Service, Workload},
 };
 
-pub const LOCKMESH_API: &str = "lockmesh.io/v1alpha1";
+pub(super) const LOCKMESH_API: &str = "lockmesh.io/v1alpha1";
 
 /// Which object a document describes, known even when the rest of it is broken.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectId {
+pub(super) struct ObjectId {
     pub kind: String,
     pub key: ObjectKey,
 }
 
 impl ObjectId {
-    pub fn new(kind: &str, key: &ObjectKey) -> Self {
+    pub(super) fn new(kind: &str, key: &ObjectKey) -> Self {
         Self { kind: kind.to_string(), key: key.clone() }
     }
 }
@@ -36,7 +36,7 @@ impl fmt::Display for ObjectId {
 }
 
 #[derive(Clone, Debug)]
-pub enum Object {
+pub(super) enum Object {
     Workload(Workload),
     Service(Service),
     PeerAuthentication(PeerAuthentication),
@@ -45,7 +45,7 @@ pub enum Object {
 
 /// An object and where it came from.
 #[derive(Clone, Debug)]
-pub struct ParsedObject {
+pub(super) struct ParsedObject {
     pub id: ObjectId,
     pub document: Option<usize>,
     pub kind: Object,
@@ -53,7 +53,7 @@ pub struct ParsedObject {
 
 /// Parses every document of a file. Each entry is an object, or the id of the object a broken
 /// document meant (when that much could be read). Warnings come with the errors.
-pub fn parse_file(
+pub(super) fn parse_file(
     path: &Path,
     text: &str,
     root_namespace: &str,
@@ -94,7 +94,7 @@ pub fn parse_file(
 type DocumentError = Box<(Option<ObjectId>, ConfigError)>;
 
 /// Where a document is, and what its parsing needs to know.
-pub struct Document<'a> {
+pub(super) struct Document<'a> {
     pub path: &'a Path,
     pub number: usize,
     pub root_namespace: &'a str,

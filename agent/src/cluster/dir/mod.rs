@@ -8,7 +8,7 @@
 //! lockmesh does not honour; the object is kept.
 mod documents;
 mod error;
-pub mod watch;
+pub(crate) mod watch;
 
 use std::{
     collections::BTreeMap,
@@ -49,10 +49,6 @@ impl ConfigDir {
     pub fn with_root_namespace(mut self, root_namespace: impl Into<String>) -> Self {
         self.root_namespace = root_namespace.into();
         self
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
     }
 
     /// Reads the directory again. Fails only if the directory itself cannot be listed.

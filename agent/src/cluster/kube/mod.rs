@@ -6,8 +6,8 @@
 //! whose `spec.nodeName` is the node; their network namespace is found through `/proc`
 //! ([`procfs`]). Watches resync with kube-runtime's default backoff after errors; every change
 //! (debounced) yields a whole new snapshot.
-pub mod probes;
-pub mod procfs;
+mod probes;
+mod procfs;
 pub mod state;
 
 use std::{fmt::Debug, hash::Hash, path::PathBuf, sync::Arc, time::Duration};

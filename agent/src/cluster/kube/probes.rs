@@ -15,7 +15,7 @@ use crate::cluster::model::ProbeExemption;
 
 /// The pod's probe exemptions, and a message for each probe whose port cannot be resolved (a
 /// named port its container does not declare, a number out of range).
-pub fn probe_exemptions(pod: &Pod) -> (Vec<ProbeExemption>, Vec<String>) {
+pub(super) fn probe_exemptions(pod: &Pod) -> (Vec<ProbeExemption>, Vec<String>) {
     let mut problems = Vec::new();
     let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else { return (Vec::new(), problems) };
     let mut node_addresses: BTreeSet<Ipv4Addr> =
@@ -101,7 +101,7 @@ fn number(port: i32, field: &str) -> Result<u16, String> {
 
 /// Reduces the pod's containers to what [`probe_exemptions`] reads (names, ports, the probes'
 /// targets), so that stored pods stay small.
-pub fn trim_containers(spec: &mut PodSpec) {
+pub(super) fn trim_containers(spec: &mut PodSpec) {
     spec.containers = spec.containers.iter().map(probe_view).collect();
     spec.init_containers = spec.init_containers.as_ref().map(|init| init.iter().map(probe_view).collect());
     spec.ephemeral_containers = None;

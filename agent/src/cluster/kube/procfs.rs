@@ -10,7 +10,7 @@ use std::{
 
 /// The lowest PID (the sandbox's pause process, normally) of each pod in `uids` found under
 /// `proc_root`. Processes that vanish while scanning are skipped.
-pub fn pod_processes(proc_root: &Path, uids: &[String]) -> HashMap<String, u32> {
+pub(super) fn pod_processes(proc_root: &Path, uids: &[String]) -> HashMap<String, u32> {
     let mut found: HashMap<String, u32> = HashMap::new();
     let Ok(entries) = fs::read_dir(proc_root) else { return found };
     let patterns: Vec<(&String, String)> = uids.iter().map(|uid| (uid, uid.replace('-', "_"))).collect();
@@ -32,24 +32,24 @@ fn cgroup_names_pod(cgroup: &str, uid: &str, underscored: &str) -> bool {
 }
 
 /// `<proc_root>/<pid>/ns/net`.
-pub fn netns_path(proc_root: &Path, pid: u32) -> PathBuf {
+pub(super) fn netns_path(proc_root: &Path, pid: u32) -> PathBuf {
     proc_root.join(pid.to_string()).join("ns").join("net")
 }
 
 /// Remembers which process stands for each pod, and scans `/proc` again only when a pod is new
 /// or its process is gone.
-pub struct NetnsFinder {
+pub(super) struct NetnsFinder {
     proc_root: PathBuf,
     pids: HashMap<String, u32>,
 }
 
 impl NetnsFinder {
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    pub(super) fn new(proc_root: impl Into<PathBuf>) -> Self {
         Self { proc_root: proc_root.into(), pids: HashMap::new() }
     }
 
     /// Network namespace paths of the pods (by UID) that have a process.
-    pub fn find(&mut self, uids: &[String]) -> HashMap<String, PathBuf> {
+    pub(super) fn find(&mut self, uids: &[String]) -> HashMap<String, PathBuf> {
         let root = self.proc_root.clone();
         let still_there = |uid: &String, pid: &u32| {
             fs::read_to_string(root.join(pid.to_string()).join("cgroup"))

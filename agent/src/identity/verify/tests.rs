@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::identity::{
-    Identities, IdentityOptions, MAX_INTERMEDIATES, PeerInfo, ca, handshake_failure, handshake_reason,
-    peer_info, provider,
+    Identities, IdentityOptions, PeerInfo, ca, handshake_failure, handshake_reason, peer_info, provider,
+    verify::MAX_INTERMEDIATES,
 };
 
 const PP: &str = "spiffe://cluster.local/ns/bookinfo/sa/productpage";

@@ -10,13 +10,13 @@ use time::OffsetDateTime;
 use crate::report::flows::FlowRecord;
 
 /// Version of the audit line format, carried in checkpoints and signed.
-pub const AUDIT_SCHEMA: &str = "lockmesh.audit/v1";
+pub(crate) const AUDIT_SCHEMA: &str = "lockmesh.audit/v1";
 
 /// `prev` of the very first line.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AuditLine {
+pub(crate) struct AuditLine {
     pub seq: u64,
     pub prev: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,7 +28,7 @@ pub struct AuditLine {
 /// A signed statement that the chain up to this line (whose `prev` is the chain head) is as the
 /// node wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     pub schema: String,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
@@ -48,7 +48,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The bytes a checkpoint signs: the schema, its place in the chain and its own fields.
-    pub fn message(&self, seq: u64, prev: &str) -> Vec<u8> {
+    pub(crate) fn message(&self, seq: u64, prev: &str) -> Vec<u8> {
         format!(
             "{AUDIT_SCHEMA} checkpoint\nseq={seq}\nprev={prev}\ntime={}\nnode={}\nrecords={}\nkey_id={}\n",
             self.time.unix_timestamp_nanos(),
@@ -61,11 +61,11 @@ impl Checkpoint {
 }
 
 /// SHA-256 of `bytes`, hex.
-pub fn hash_hex(bytes: &[u8]) -> String {
+pub(crate) fn hash_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -73,7 +73,7 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -82,7 +82,7 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
 
 /// The flows of audit-log lines (for `lockmesh flows --file`): checkpoints and lines that do not
 /// parse (a torn last line) are skipped.
-pub fn flows_in(text: &str) -> impl Iterator<Item = FlowRecord> + '_ {
+pub(crate) fn flows_in(text: &str) -> impl Iterator<Item = FlowRecord> + '_ {
     text.lines().filter_map(|line| serde_json::from_str::<AuditLine>(line).ok()?.flow)
 }
 

@@ -1,7 +1,7 @@
 //! Audit-log options for tests.
 use super::writer::{AuditOptions, SyncPolicy};
 
-pub fn options(path: &std::path::Path) -> AuditOptions {
+pub(crate) fn options(path: &std::path::Path) -> AuditOptions {
     AuditOptions {
         path: path.to_path_buf(),
         max_bytes: 64 << 20,

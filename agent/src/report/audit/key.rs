@@ -14,10 +14,10 @@ use aws_lc_rs::{
 
 use super::chain::{hash_hex, hex, unhex};
 
-pub const KEY_FILE: &str = "audit-ed25519.pk8";
-pub const ALG: &str = "ed25519";
+pub(crate) const KEY_FILE: &str = "audit-ed25519.pk8";
+pub(crate) const ALG: &str = "ed25519";
 
-pub struct NodeKey {
+pub(crate) struct NodeKey {
     pair: Ed25519KeyPair,
     public: Vec<u8>,
     key_id: String,
@@ -25,7 +25,7 @@ pub struct NodeKey {
 
 impl NodeKey {
     /// Loads the key from `state_dir`, creating it (0600, in a 0700 dir) on first use.
-    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join(KEY_FILE);
         let pkcs8 = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -55,7 +55,8 @@ impl NodeKey {
     }
 
     /// A key that lives only in memory (tests).
-    pub fn ephemeral() -> anyhow::Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn ephemeral() -> anyhow::Result<Self> {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| anyhow::anyhow!("generating a key"))?;
         let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -68,30 +69,30 @@ impl NodeKey {
         Self { pair, public, key_id }
     }
 
-    pub fn key_id(&self) -> &str {
+    pub(crate) fn key_id(&self) -> &str {
         &self.key_id
     }
 
-    pub fn public_hex(&self) -> String {
+    pub(crate) fn public_hex(&self) -> String {
         hex(&self.public)
     }
 
-    pub fn sign_hex(&self, message: &[u8]) -> String {
+    pub(crate) fn sign_hex(&self, message: &[u8]) -> String {
         hex(self.pair.sign(message).as_ref())
     }
 
     /// The `FILE.pub` line: `ed25519 <key id> <public key hex>`.
-    pub fn pub_file(&self) -> String {
+    pub(crate) fn pub_file(&self) -> String {
         format!("{ALG} {} {}\n", self.key_id, self.public_hex())
     }
 }
 
-pub fn key_id(public: &[u8]) -> String {
+pub(crate) fn key_id(public: &[u8]) -> String {
     hash_hex(public).chars().take(16).collect()
 }
 
 /// A published public key: `(key id, public key hex)` from a `FILE.pub`.
-pub fn parse_pub_file(text: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn parse_pub_file(text: &str) -> anyhow::Result<(String, String)> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [alg, id, public] = fields.as_slice() else { bail!("expected `ed25519 <key id> <public key hex>`") };
     if *alg != ALG {
@@ -105,7 +106,7 @@ pub fn parse_pub_file(text: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Whether `signature_hex` is a valid Ed25519 signature of `message` by `public_hex`.
-pub fn verify(public_hex: &str, message: &[u8], signature_hex: &str) -> bool {
+pub(crate) fn verify(public_hex: &str, message: &[u8], signature_hex: &str) -> bool {
     let (Some(public), Some(signature)) = (unhex(public_hex), unhex(signature_hex)) else { return false };
     UnparsedPublicKey::new(&ED25519, public).verify(message, &signature).is_ok()
 }

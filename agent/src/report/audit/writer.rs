@@ -28,10 +28,10 @@ pub enum SyncPolicy {
     Batch,
 }
 
-pub const BATCH_SYNC: Duration = Duration::from_millis(100);
+pub(crate) const BATCH_SYNC: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
-pub struct AuditOptions {
+pub(crate) struct AuditOptions {
     pub path: PathBuf,
     /// The active file is rotated before it would grow past this.
     pub max_bytes: u64,
@@ -45,7 +45,7 @@ pub struct AuditOptions {
     pub node: String,
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     options: AuditOptions,
     key: NodeKey,
     file: File,
@@ -62,7 +62,7 @@ pub struct AuditLog {
 
 /// Where the chain stands in the files on disk.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub head: String,
     pub next_seq: u64,
     /// Bytes of a partial last line (a write torn by a crash) in the active file.
@@ -81,7 +81,7 @@ impl AuditLog {
     /// Opens (or creates) the log, continuing the chain of what is on disk. A torn last line
     /// is left as it is, as evidence: the file is rotated and the chain continues in a new one
     /// from the last complete line (`lockmesh audit verify` reports the truncation).
-    pub fn open(options: AuditOptions, key: NodeKey) -> anyhow::Result<Self> {
+    pub(crate) fn open(options: AuditOptions, key: NodeKey) -> anyhow::Result<Self> {
         if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
@@ -116,7 +116,7 @@ impl AuditLog {
         })
     }
 
-    pub fn append_flow(&mut self, record: &FlowRecord) -> anyhow::Result<()> {
+    pub(crate) fn append_flow(&mut self, record: &FlowRecord) -> anyhow::Result<()> {
         if self.written_before_restart.remove(&record.id) {
             tracing::debug!(flow = %record.id, "flow already in the audit log (event replayed after a restart)");
             return Ok(());
@@ -136,7 +136,7 @@ impl AuditLog {
     }
 
     /// Writes a checkpoint signed over the chain head.
-    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn checkpoint(&mut self) -> anyhow::Result<()> {
         let mut checkpoint = Checkpoint {
             schema: AUDIT_SCHEMA.to_string(),
             time: OffsetDateTime::now_utc(),
@@ -161,7 +161,7 @@ impl AuditLog {
     }
 
     /// Periodic work: batched fsync, time-based checkpoints.
-    pub fn tick(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn tick(&mut self) -> anyhow::Result<()> {
         if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
             self.checkpoint()?;
         }
@@ -172,7 +172,7 @@ impl AuditLog {
     }
 
     /// Clean shutdown: a final checkpoint seals the tail, then fsync.
-    pub fn close(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn close(&mut self) -> anyhow::Result<()> {
         self.checkpoint()?;
         self.sync()
     }
@@ -207,7 +207,7 @@ impl AuditLog {
     }
 }
 
-pub fn pub_path(path: &Path) -> PathBuf {
+pub(crate) fn pub_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".pub");
     PathBuf::from(name)
@@ -223,7 +223,7 @@ fn open_active(path: &Path) -> anyhow::Result<File> {
 }
 
 /// Rotated files of `path` (`path.N`), oldest (lowest N) first.
-pub fn rotated(path: &Path) -> Vec<(u64, PathBuf)> {
+pub(crate) fn rotated(path: &Path) -> Vec<(u64, PathBuf)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
@@ -263,7 +263,7 @@ fn rotate_file(path: &Path, keep: usize) -> anyhow::Result<()> {
 
 /// Reads where the chain stands: the last complete line of the active file, or of the newest
 /// rotated file when the active one is empty or missing.
-pub fn recover(path: &Path) -> anyhow::Result<Recovered> {
+pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
     let mut candidates: Vec<PathBuf> = rotated(path).into_iter().map(|(_, p)| p).collect();
     candidates.push(path.to_path_buf());
     let mut torn = None;
@@ -321,7 +321,7 @@ fn read_tail(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
 /// `write(2)`) before `closed` returns, so a kernel event is taken off the ring only once its
 /// line is in the file: a `kill -9` loses no record. A thread does the batched fsyncs and the
 /// time-based checkpoints.
-pub struct AuditSink {
+pub(crate) struct AuditSink {
     log: Arc<Mutex<AuditLog>>,
     stop: mpsc::Sender<()>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -333,7 +333,7 @@ fn locked(log: &Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {
 }
 
 impl AuditSink {
-    pub fn start(log: AuditLog) -> anyhow::Result<Self> {
+    pub(crate) fn start(log: AuditLog) -> anyhow::Result<Self> {
         let log = Arc::new(Mutex::new(log));
         let (stop, stopped) = mpsc::channel::<()>();
         let shared = log.clone();
@@ -358,7 +358,7 @@ impl AuditSink {
     }
 
     /// A final checkpoint, and waits for the disk.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.stop.send(());
         if let Some(ticker) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
             let _ = ticker.join();

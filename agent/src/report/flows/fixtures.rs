@@ -1,10 +1,10 @@
 //! Flow records for tests.
 use time::OffsetDateTime;
 
-use super::{Encryption, Endpoint, FlowRecord, Reporter};
+use super::record::{Encryption, Endpoint, FlowRecord, Reporter};
 
 /// A closed mTLS flow bookinfo/details → bookinfo/details:8080, numbered `id`.
-pub fn flow(id: u64) -> FlowRecord {
+pub(crate) fn flow(id: u64) -> FlowRecord {
     let endpoint = |ip: [u8; 4], port| Endpoint {
         ip: ip.into(),
         port,

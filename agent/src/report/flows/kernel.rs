@@ -11,12 +11,12 @@ use super::{
 
 /// Maps kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(super) struct Clock {
     realtime_minus_monotonic_ns: i128,
 }
 
 impl Clock {
-    pub fn now() -> Self {
+    pub(super) fn now() -> Self {
         use nix::time::{ClockId, clock_gettime};
         let ns = |id| {
             clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0)
@@ -26,24 +26,24 @@ impl Clock {
         Self { realtime_minus_monotonic_ns: realtime - monotonic }
     }
 
-    pub fn wall(&self, monotonic_ns: u64) -> OffsetDateTime {
+    pub(super) fn wall(&self, monotonic_ns: u64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(self.realtime_minus_monotonic_ns + monotonic_ns as i128)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
 
 /// Consumes kernel flow events into the flow table, enriching them from the inventory.
-pub struct KernelFlows {
+pub(crate) struct KernelFlows {
     sink: FlowSink,
     clock: Clock,
 }
 
 impl KernelFlows {
-    pub fn new(sink: FlowSink) -> Self {
+    pub(crate) fn new(sink: FlowSink) -> Self {
         Self { sink, clock: Clock::now() }
     }
 
-    pub fn handle(&self, event: FlowEvent) {
+    pub(crate) fn handle(&self, event: FlowEvent) {
         match event.kind {
             event_kind::OPEN => {
                 let Some(record) = self.open_record(&event) else { return };

@@ -5,12 +5,12 @@ mod engine;
 pub(crate) mod fixtures;
 mod kernel;
 mod observe;
-pub mod record;
+pub(crate) mod record;
 mod sink;
 mod table;
 
-pub use kernel::KernelFlows;
-pub use observe::FlowObserver;
-pub use record::{Encryption, Endpoint, FlowPolicy, FlowRecord, Reporter, SCHEMA, Verdict};
-pub use sink::FlowSink;
-pub use table::{FOLLOW_BUFFER, FlowLimits, FlowStats, FlowTable, Follower, FollowersFull, MAX_FOLLOWERS};
+pub(crate) use kernel::KernelFlows;
+pub(crate) use observe::FlowObserver;
+pub(crate) use record::{Encryption, Endpoint, FlowRecord, Verdict};
+pub(crate) use sink::FlowSink;
+pub(crate) use table::{FOLLOW_BUFFER, FlowLimits, FlowStats, FlowTable, MAX_FOLLOWERS};

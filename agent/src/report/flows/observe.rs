@@ -2,7 +2,7 @@
 //! place flows are stored, once per flow and reporter.
 use super::record::FlowRecord;
 
-pub trait FlowObserver: Send + Sync {
+pub(crate) trait FlowObserver: Send + Sync {
     /// A flow was opened (stored as open in the table).
     fn opened(&self, _record: &FlowRecord) {}
     /// A flow is over: closed after being open (`was_open`), or reported finished (a denial, a

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use crate::identity::TlsInfo;
 
 /// Version of the record's JSON schema, carried in every record.
-pub const SCHEMA: &str = "lockmesh.flow/v1";
+pub(crate) const SCHEMA: &str = "lockmesh.flow/v1";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {

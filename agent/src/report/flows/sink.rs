@@ -16,7 +16,7 @@ use super::{
 use crate::{cluster::model::Workload, desired::inventory::Inventory};
 
 #[derive(Clone)]
-pub struct FlowSink {
+pub(crate) struct FlowSink {
     table: Arc<Mutex<FlowTable>>,
     inventory: Arc<ArcSwap<Inventory>>,
     id_prefix: Arc<str>,
@@ -29,7 +29,7 @@ pub struct FlowSink {
 const SYNTHETIC_KEYS: u64 = u64::MAX;
 
 impl FlowSink {
-    pub fn new(table: Arc<Mutex<FlowTable>>, inventory: Arc<ArcSwap<Inventory>>) -> Self {
+    pub(crate) fn new(table: Arc<Mutex<FlowTable>>, inventory: Arc<ArcSwap<Inventory>>) -> Self {
         Self {
             table,
             inventory,
@@ -40,28 +40,33 @@ impl FlowSink {
     }
 
     /// Also tells `observers` (audit log, metrics) of every flow opened and finished.
-    pub fn with_observers(mut self, observers: Vec<Arc<dyn FlowObserver>>) -> Self {
+    pub(crate) fn with_observers(mut self, observers: Vec<Arc<dyn FlowObserver>>) -> Self {
         self.observers = observers.into();
         self
     }
 
     /// A unique key for a flow that has no socket (and so no cookie) of its own.
-    pub fn synthetic_key(&self) -> u64 {
+    pub(crate) fn synthetic_key(&self) -> u64 {
         self.synthetic.fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn inventory(&self) -> arc_swap::Guard<Arc<Inventory>> {
+    pub(crate) fn inventory(&self) -> arc_swap::Guard<Arc<Inventory>> {
         self.inventory.load()
     }
 
     /// The reporting node's own pod: known by its network namespace, so its identity is proven.
-    pub fn local_endpoint(&self, pod: &Workload, ip: Ipv4Addr, port: u16) -> Endpoint {
+    pub(crate) fn local_endpoint(&self, pod: &Workload, ip: Ipv4Addr, port: u16) -> Endpoint {
         let inventory = self.inventory.load();
         Endpoint { identity: Some(pod.identity(&inventory.trust_domain)), ..named(Some(pod), ip, port) }
     }
 
     /// The other end, named from the inventory by address; `identity` only when mTLS proved it.
-    pub fn remote_endpoint(&self, ip: Ipv4Addr, port: u16, proven_identity: Option<String>) -> Endpoint {
+    pub(crate) fn remote_endpoint(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        proven_identity: Option<String>,
+    ) -> Endpoint {
         let inventory = self.inventory.load();
         Endpoint {
             identity: proven_identity,
@@ -70,7 +75,7 @@ impl FlowSink {
     }
 
     /// A new open record with a stable id for `key` (a kernel socket cookie).
-    pub fn record(
+    pub(crate) fn record(
         &self,
         key: u64,
         start: OffsetDateTime,
@@ -86,7 +91,7 @@ impl FlowSink {
     /// Fills a flow's Service (the cluster IP dialled, else the Service selecting the server's
     /// port), and its `mode` and PeerAuthentication from the server's policy when the server is a
     /// mesh workload.
-    pub fn annotate_server(&self, record: &mut FlowRecord) {
+    pub(crate) fn annotate_server(&self, record: &mut FlowRecord) {
         let inventory = self.inventory();
         let (state, domain) = (&inventory.state, &inventory.mesh.domain);
         let server = inventory.workload_by_ip(record.dst.ip);
@@ -105,7 +110,7 @@ impl FlowSink {
         record.policy.peer_authentication = resolved.decided_by.map(|key| key.to_string());
     }
 
-    pub fn open(&self, key: u64, record: FlowRecord) {
+    pub(crate) fn open(&self, key: u64, record: FlowRecord) {
         for observer in self.observers.iter() {
             observer.opened(&record);
         }
@@ -115,7 +120,7 @@ impl FlowSink {
     }
 
     /// Closes an open flow; `finish` sets its final fields. False when no such flow is open.
-    pub fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> bool {
+    pub(crate) fn close(&self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> bool {
         let closed = self.table.lock().ok().and_then(|mut table| table.close(key, finish));
         let Some(record) = closed else { return false };
         for observer in self.observers.iter() {
@@ -125,7 +130,7 @@ impl FlowSink {
     }
 
     /// Stores a flow that was over when it was reported (a denial, a reset).
-    pub fn finished(&self, record: FlowRecord) {
+    pub(crate) fn finished(&self, record: FlowRecord) {
         self.notify_finished(&record);
         if let Ok(mut table) = self.table.lock() {
             table.insert_closed(record);
@@ -133,7 +138,7 @@ impl FlowSink {
     }
 
     /// Stores a flow rebuilt from its close event alone (its open was never seen here).
-    pub fn recovered(&self, record: FlowRecord) {
+    pub(crate) fn recovered(&self, record: FlowRecord) {
         self.notify_finished(&record);
         if let Ok(mut table) = self.table.lock() {
             table.insert_recovered(record);

@@ -15,7 +15,7 @@ use super::record::FlowRecord;
 
 /// Limits of the flow table.
 #[derive(Clone, Copy, Debug)]
-pub struct FlowLimits {
+pub(crate) struct FlowLimits {
     /// Open flows tracked at once; beyond it the oldest open flow is evicted.
     pub max_open: usize,
     /// Closed flows kept for `/flows`; beyond it the oldest closed flow is dropped.
@@ -29,14 +29,14 @@ impl Default for FlowLimits {
 }
 
 /// `/flows?follow` streams at once; one more is refused (503) and counted.
-pub const MAX_FOLLOWERS: usize = 64;
+pub(crate) const MAX_FOLLOWERS: usize = 64;
 /// Updates queued for followers (one ring shared by all); a follower that falls further behind
 /// skips the oldest, counted as lagged.
-pub const FOLLOW_BUFFER: usize = 4096;
+pub(crate) const FOLLOW_BUFFER: usize = 4096;
 
 /// What the table had to forget or could not match, so that nothing is lost silently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct FlowStats {
+pub(crate) struct FlowStats {
     pub open: usize,
     pub closed: usize,
     /// Open flows forgotten because the table was full.
@@ -62,16 +62,16 @@ pub struct FlowStats {
 /// Too many `/flows?follow` streams.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} /flows followers already (at most {MAX_FOLLOWERS})")]
-pub struct FollowersFull(pub usize);
+pub(crate) struct FollowersFull(pub usize);
 
 /// A follower's stream of updates; it reports what it skipped through `lagged`.
-pub struct Follower {
+pub(crate) struct Follower {
     pub updates: broadcast::Receiver<FlowRecord>,
     pub lagged: Arc<AtomicU64>,
 }
 
 /// Open flows keyed by an id the reporter chooses (the kernel socket cookie), in arrival order.
-pub struct FlowTable {
+pub(crate) struct FlowTable {
     limits: FlowLimits,
     open: HashMap<u64, FlowRecord>,
     open_order: VecDeque<u64>,
@@ -82,7 +82,7 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    pub fn new(limits: FlowLimits) -> Self {
+    pub(crate) fn new(limits: FlowLimits) -> Self {
         let (updates, _) = broadcast::channel(FOLLOW_BUFFER);
         Self {
             limits,
@@ -97,7 +97,7 @@ impl FlowTable {
 
     /// Every record the table stores or changes, as it happens (for `--follow`), unless
     /// [`MAX_FOLLOWERS`] already follow (counted).
-    pub fn follow(&mut self) -> Result<Follower, FollowersFull> {
+    pub(crate) fn follow(&mut self) -> Result<Follower, FollowersFull> {
         let followers = self.updates.receiver_count();
         if followers >= MAX_FOLLOWERS {
             self.stats.followers_refused += 1;
@@ -106,11 +106,11 @@ impl FlowTable {
         Ok(Follower { updates: self.updates.subscribe(), lagged: self.lagged.clone() })
     }
 
-    pub fn limits(&self) -> FlowLimits {
+    pub(crate) fn limits(&self) -> FlowLimits {
         self.limits
     }
 
-    pub fn insert_open(&mut self, key: u64, record: FlowRecord) {
+    pub(crate) fn insert_open(&mut self, key: u64, record: FlowRecord) {
         if self.open.len() >= self.limits.max_open {
             self.evict_oldest_open();
         }
@@ -121,7 +121,7 @@ impl FlowTable {
     }
 
     /// Closes an open flow; returns `None` (and counts it) when the key is unknown.
-    pub fn close(&mut self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> Option<FlowRecord> {
+    pub(crate) fn close(&mut self, key: u64, finish: impl FnOnce(&mut FlowRecord)) -> Option<FlowRecord> {
         let Some(mut record) = self.open.remove(&key) else {
             self.stats.unmatched_closes += 1;
             return None;
@@ -132,12 +132,12 @@ impl FlowTable {
     }
 
     /// Records a flow that is already over when reported (a reset, a denial).
-    pub fn insert_closed(&mut self, record: FlowRecord) {
+    pub(crate) fn insert_closed(&mut self, record: FlowRecord) {
         self.push_closed(record);
     }
 
     /// Stores a flow rebuilt from a close event that matched no open flow.
-    pub fn insert_recovered(&mut self, record: FlowRecord) {
+    pub(crate) fn insert_recovered(&mut self, record: FlowRecord) {
         self.stats.recovered_closes += 1;
         self.push_closed(record);
     }
@@ -166,13 +166,13 @@ impl FlowTable {
     }
 
     /// Closed flows (oldest first), then open ones (oldest first).
-    pub fn snapshot(&self) -> Vec<FlowRecord> {
+    pub(crate) fn snapshot(&self) -> Vec<FlowRecord> {
         let mut out: Vec<FlowRecord> = self.closed.iter().cloned().collect();
         out.extend(self.open_order.iter().filter_map(|k| self.open.get(k)).cloned());
         out
     }
 
-    pub fn stats(&self) -> FlowStats {
+    pub(crate) fn stats(&self) -> FlowStats {
         FlowStats {
             open: self.open.len(),
             closed: self.closed.len(),

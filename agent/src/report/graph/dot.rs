@@ -6,7 +6,7 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-pub fn to_dot(graph: &Graph) -> String {
+pub(crate) fn to_dot(graph: &Graph) -> String {
     let mut out = String::from("digraph lockmesh {\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
     for (namespace, nodes) in graph.groups() {
         let (cluster, title) = match namespace {

@@ -6,17 +6,17 @@ mod svg;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-pub use dot::to_dot;
-pub use svg::to_svg;
+pub(crate) use dot::to_dot;
+pub(crate) use svg::to_svg;
 
 use crate::report::flows::{Encryption, Endpoint, FlowRecord, Verdict};
 
 /// The page the admin endpoint serves at `/graph`: it fetches `/graph.svg` every few seconds.
-pub const PAGE: &str = include_str!("page.html");
+pub(crate) const PAGE: &str = include_str!("page.html");
 
 /// A workload (or, when the inventory did not know it, an address).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Node {
+pub(crate) struct Node {
     /// `namespace/workload`, or the IP address.
     pub id: String,
     /// `None` for an address that is no known workload.
@@ -28,7 +28,7 @@ pub struct Node {
 /// All connections from one node to another port of another node with one encryption and one
 /// verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Edge {
+pub(crate) struct Edge {
     pub src: String,
     pub dst: String,
     pub port: u16,
@@ -44,13 +44,13 @@ pub struct Edge {
 
 impl Edge {
     /// Refused or failed connections (drawn in red).
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.verdict != Verdict::Forwarded
     }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Graph {
+pub(crate) struct Graph {
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
 }
@@ -65,7 +65,7 @@ fn node(e: &Endpoint) -> Node {
 impl Graph {
     /// Aggregates records into edges. A connection reported by both of its ends (records of two
     /// nodes) counts once; an open flow counts as a connection.
-    pub fn from_records(records: &[FlowRecord]) -> Self {
+    pub(crate) fn from_records(records: &[FlowRecord]) -> Self {
         let mut seen = HashSet::new();
         let mut nodes = BTreeSet::new();
         let mut edges: BTreeMap<(String, String, u16, bool, u8), Edge> = BTreeMap::new();
@@ -103,7 +103,7 @@ impl Graph {
     }
 
     /// Namespaces in order, with their nodes; addresses that are no workload come last (`None`).
-    pub fn groups(&self) -> Vec<(Option<&str>, Vec<&Node>)> {
+    pub(crate) fn groups(&self) -> Vec<(Option<&str>, Vec<&Node>)> {
         let mut groups: BTreeMap<(bool, Option<&str>), Vec<&Node>> = BTreeMap::new();
         for n in &self.nodes {
             groups.entry((n.namespace.is_none(), n.namespace.as_deref())).or_default().push(n);
@@ -122,7 +122,7 @@ fn verdict_order(v: Verdict) -> u8 {
 }
 
 /// The label of an edge: `:8080 ×2 · 1.2 kB`, with the verdict when it is not `forwarded`.
-pub fn edge_label(edge: &Edge) -> String {
+pub(crate) fn edge_label(edge: &Edge) -> String {
     let mut label = format!(":{} ×{}", edge.port, edge.connections);
     if edge.failed() {
         label = format!("{} {label}", edge.verdict);
@@ -136,7 +136,7 @@ pub fn edge_label(edge: &Edge) -> String {
 }
 
 /// Decimal units, as network tools count bytes.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = n as f64;
     let mut unit = 0;

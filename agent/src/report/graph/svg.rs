@@ -318,7 +318,7 @@ fn legend(out: &mut String, y: f64) {
 }
 
 /// Renders the graph; `caption` goes at the top (where it was drawn from, when).
-pub fn to_svg(graph: &Graph, caption: &str) -> String {
+pub(crate) fn to_svg(graph: &Graph, caption: &str) -> String {
     let layout = layout(graph);
     let (w, h) = (layout.width, layout.height);
     let mut out = String::new();

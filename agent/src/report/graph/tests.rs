@@ -1,5 +1,5 @@
 use super::*;
-use crate::report::flows::{Reporter, fixtures::flow};
+use crate::report::flows::{fixtures::flow, record::Reporter};
 
 /// productpage → details over mTLS twice (once reported by both ends), a denial, a
 /// plaintext connection to an unknown address and a STRICT reset from it.
