@@ -1,6 +1,7 @@
 //! The manifests under `deploy/` hold what the agent and the CA service need, and pass them flags
 //! their own command line accepts. Rendered without kubectl: kustomizations are followed as far
 //! as these use them (resources, `namespace`, patches merged into their target), then checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 use std::{
     collections::BTreeSet,
     fs,

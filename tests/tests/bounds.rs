@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use common::*;
 use lockmesh_tests::{Agent, NodeSpec, PodSpec, Testbed, TestbedSpec};
@@ -122,57 +125,7 @@ fn full_kernel_maps_are_counted_and_logged_and_gauges_return_to_baseline() {
     assert_eq!(code, 7, "plaintext from the pod outside ENROLLED must be reset by STRICT details: {stderr}");
     assert_eq!(tb.get(enrolled, details, "/").unwrap()["status"], 200);
 
-    // Gauges follow live connections: HELD connections held open through the tunnel…
-    let baseline_orig = map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
-    let baseline_open = table_entries(&agent1, "flows_open");
-    let holder = std::thread::scope(|scope| {
-        let (count, seconds, connect) = (HELD.to_string(), HOLD_SECONDS.to_string(), details.to_string());
-        let tb = &tb;
-        let handle = scope.spawn(move || {
-            tb.client(enrolled, &["hold", "--connect", &connect, "--count", &count, "--seconds", &seconds])
-                .unwrap()
-        });
-        let orig = wait_for(
-            "ORIG_DST entries while connections are held",
-            COUNTED,
-            || map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
-            |n| n >= baseline_orig + HELD,
-        );
-        let open = wait_for(
-            "open flows while connections are held",
-            WAIT,
-            || table_entries(&agent1, "flows_open"),
-            |n| n >= baseline_open + HELD,
-        );
-        println!("held {HELD}: ORIG_DST {baseline_orig} → {orig}, open flows {baseline_open} → {open}");
-        handle.join().unwrap()
-    });
-    assert_eq!((holder["ok"].as_u64(), holder["failed"].as_u64()), (Some(HELD), Some(0)), "{holder}");
-    // …and back to the baseline once they are closed.
-    wait_for(
-        "ORIG_DST entries after the connections closed",
-        COUNTED,
-        || map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
-        |n| n == baseline_orig,
-    );
-    wait_for(
-        "open flows after the connections closed",
-        WAIT,
-        || table_entries(&agent1, "flows_open"),
-        |n| n == baseline_open,
-    );
-    assert_eq!(
-        map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST_BY_PORT"),
-        0,
-        "the engine took each entry"
-    );
-    assert_eq!(metric(&agent1, "lockmesh_captured_without_destination_total"), Some(0));
-    let flows = agent1.flows().unwrap();
-    let tunneled = flows
-        .iter()
-        .filter(|f| f["encryption"] == "mtls" && f["dst"]["port"] == 8080 && !f["end"].is_null())
-        .count();
-    assert!(tunneled as u64 > HELD, "{tunneled} closed mTLS flows");
+    let baseline_orig = gauges_follow_held_connections(&tb, &agent1, enrolled, details);
 
     // Connects that never establish forget their original destination too: with the agent
     // down, captured connects are refused (no engine listens); none may stay in ORIG_DST, where
@@ -191,6 +144,63 @@ fn full_kernel_maps_are_counted_and_logged_and_gauges_return_to_baseline() {
     let after = map_metric(&agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
     println!("{REFUSED} refused captured connects: ORIG_DST {baseline_orig} → {after}");
     assert_eq!(after, baseline_orig, "refused connects left their original destinations in ORIG_DST");
+}
+
+/// The entry gauges follow live connections: HELD connections held open from `pod` through the
+/// tunnel to `details`, then back to the baseline once they are closed. Returns the baseline of
+/// `ORIG_DST` entries.
+fn gauges_follow_held_connections(tb: &Testbed, agent1: &Agent, pod: &str, details: SocketAddr) -> u64 {
+    // Gauges follow live connections: HELD connections held open through the tunnel…
+    let baseline_orig = map_metric(agent1, "lockmesh_bpf_map_entries", "ORIG_DST");
+    let baseline_open = table_entries(agent1, "flows_open");
+    let holder = std::thread::scope(|scope| {
+        let (count, seconds, connect) = (HELD.to_string(), HOLD_SECONDS.to_string(), details.to_string());
+        let handle = scope.spawn(move || {
+            tb.client(pod, &["hold", "--connect", &connect, "--count", &count, "--seconds", &seconds])
+                .unwrap()
+        });
+        let orig = wait_for(
+            "ORIG_DST entries while connections are held",
+            COUNTED,
+            || map_metric(agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
+            |n| n >= baseline_orig + HELD,
+        );
+        let open = wait_for(
+            "open flows while connections are held",
+            WAIT,
+            || table_entries(agent1, "flows_open"),
+            |n| n >= baseline_open + HELD,
+        );
+        println!("held {HELD}: ORIG_DST {baseline_orig} → {orig}, open flows {baseline_open} → {open}");
+        handle.join().unwrap()
+    });
+    assert_eq!((holder["ok"].as_u64(), holder["failed"].as_u64()), (Some(HELD), Some(0)), "{holder}");
+    // …and back to the baseline once they are closed.
+    wait_for(
+        "ORIG_DST entries after the connections closed",
+        COUNTED,
+        || map_metric(agent1, "lockmesh_bpf_map_entries", "ORIG_DST"),
+        |n| n == baseline_orig,
+    );
+    wait_for(
+        "open flows after the connections closed",
+        WAIT,
+        || table_entries(agent1, "flows_open"),
+        |n| n == baseline_open,
+    );
+    assert_eq!(
+        map_metric(agent1, "lockmesh_bpf_map_entries", "ORIG_DST_BY_PORT"),
+        0,
+        "the engine took each entry"
+    );
+    assert_eq!(metric(agent1, "lockmesh_captured_without_destination_total"), Some(0));
+    let flows = agent1.flows().unwrap();
+    let tunneled = flows
+        .iter()
+        .filter(|f| f["encryption"] == "mtls" && f["dst"]["port"] == 8080 && !f["end"].is_null())
+        .count();
+    assert!(tunneled as u64 > HELD, "{tunneled} closed mTLS flows");
+    baseline_orig
 }
 
 /// Opens `/flows?follow` (updates only) and returns the status and the stream, held open.

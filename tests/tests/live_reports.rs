@@ -121,25 +121,7 @@ fn graph_page_in_a_browser_and_destination_service_labels() {
         })
         .unwrap();
 
-    // Istio's destination_service labels: the Service dialled, the Service selecting the
-    // server, and unknown only where no Service is involved.
-    let ratings_fqdn = "ratings.bookinfo.svc.cluster.local";
-    let scrape1 = scrape(&agent1);
-    assert_eq!(
-        service_labels(&scrape1, "source", "ratings"),
-        [[ratings_fqdn, "ratings", "bookinfo"].map(String::from)]
-    );
-    assert_eq!(
-        service_labels(&scrape1, "destination", "details"),
-        [["details.bookinfo.svc.cluster.local", "details", "bookinfo"].map(String::from)],
-        "the reset: the Service selecting details"
-    );
-    assert_eq!(
-        service_labels(&scrape1, "source", "unknown"),
-        [["unknown", "unknown", "unknown"].map(String::from)]
-    );
-    let seen_by_server = service_labels(&scrape(&agent2), "destination", "ratings");
-    assert_eq!(seen_by_server, [[ratings_fqdn, "ratings", "bookinfo"].map(String::from)]);
+    destination_service_labels(&agent1, &agent2);
     println!("lockmesh flows on node1:\n{}", agent1.cli(&["flows"]).unwrap());
 
     let browser = Browser::start(&tb.node("node1").netns_path(), &tb.work_dir).unwrap();
@@ -317,4 +299,26 @@ fn a_burst_through_a_small_ring_buffer_counts_its_drops() {
     let footer = table.lines().rev().take(2).collect::<Vec<_>>().join("\n");
     assert!(footer.contains(&format!("{received} received, {dropped} dropped")), "{table}");
     assert!(footer.contains("raise --ring-buffer-bytes"), "{table}");
+}
+
+/// Istio's destination_service labels: the Service dialled, the Service selecting the server,
+/// and unknown only where no Service is involved.
+fn destination_service_labels(agent1: &Agent, agent2: &Agent) {
+    let ratings_fqdn = "ratings.bookinfo.svc.cluster.local";
+    let scrape1 = scrape(agent1);
+    assert_eq!(
+        service_labels(&scrape1, "source", "ratings"),
+        [[ratings_fqdn, "ratings", "bookinfo"].map(String::from)]
+    );
+    assert_eq!(
+        service_labels(&scrape1, "destination", "details"),
+        [["details.bookinfo.svc.cluster.local", "details", "bookinfo"].map(String::from)],
+        "the reset: the Service selecting details"
+    );
+    assert_eq!(
+        service_labels(&scrape1, "source", "unknown"),
+        [["unknown", "unknown", "unknown"].map(String::from)]
+    );
+    let seen_by_server = service_labels(&scrape(agent2), "destination", "ratings");
+    assert_eq!(seen_by_server, [[ratings_fqdn, "ratings", "bookinfo"].map(String::from)]);
 }

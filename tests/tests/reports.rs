@@ -120,19 +120,7 @@ fn audit_log_metrics_and_filters() {
     tampering_is_detected(&tb, &log);
     metrics_have_istio_labels(&agent1, &agent2, &tb);
 
-    // /config_dump: inventory and certificates, never keys.
-    let dump = agent1.get("/config_dump").unwrap();
-    assert_eq!(dump.status, 200);
-    assert!(!dump.text().contains("PRIVATE KEY"), "{}", dump.text());
-    let dump: Value = dump.json().unwrap();
-    let workloads = dump["workloads"].as_array().unwrap();
-    assert!(workloads.iter().any(|w| w["name"] == "productpage" && w["enrolled"] == true), "{dump}");
-    assert!(workloads.iter().any(|w| w["name"] == "ratings" && w["enrolled"] == false), "{dump}");
-    let certs = dump["certificates"].as_array().unwrap();
-    assert!(
-        certs.iter().any(|c| c["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"),
-        "{dump}"
-    );
+    config_dump_names_workloads_and_certificates(&agent1);
 
     // `lockmesh graph` from the log.
     let (ok, dot) = lockmesh(&["graph", "--file", &log.to_string_lossy()]);
@@ -322,4 +310,20 @@ fn metrics_have_istio_labels(agent1: &Agent, agent2: &Agent, tb: &Testbed) {
         "{dest:?}"
     );
     let _ = tb;
+}
+
+/// `/config_dump`: inventory and certificates, never keys.
+fn config_dump_names_workloads_and_certificates(agent1: &Agent) {
+    let dump = agent1.get("/config_dump").unwrap();
+    assert_eq!(dump.status, 200);
+    assert!(!dump.text().contains("PRIVATE KEY"), "{}", dump.text());
+    let dump: Value = dump.json().unwrap();
+    let workloads = dump["workloads"].as_array().unwrap();
+    assert!(workloads.iter().any(|w| w["name"] == "productpage" && w["enrolled"] == true), "{dump}");
+    assert!(workloads.iter().any(|w| w["name"] == "ratings" && w["enrolled"] == false), "{dump}");
+    let certs = dump["certificates"].as_array().unwrap();
+    assert!(
+        certs.iter().any(|c| c["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"),
+        "{dump}"
+    );
 }

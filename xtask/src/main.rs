@@ -3,6 +3,7 @@ mod bench;
 mod chaos;
 mod demo;
 mod fuzz;
+mod lint;
 mod manifests;
 mod setup;
 mod step;
@@ -52,6 +53,10 @@ enum Task {
     /// Render deploy/ with kubectl kustomize and validate it offline (strict Kubernetes schemas,
     /// JSON schemas of the SCC and the CRDs). Part of `test`.
     Manifests,
+    /// Clippy with warnings as errors on the user-space crates and the eBPF programs (the
+    /// workspace's lints: no unwrap/expect outside tests, functions of at most 100 lines, dead
+    /// code in the agent).
+    Lint,
     /// Run every test: the manifest checks, unit tests and the privileged end-to-end tests on
     /// real testbeds (root).
     Test {
@@ -87,6 +92,7 @@ fn main() {
         Task::Run { args } => run(&args),
         Task::Testbed { action } => testbed::run(action),
         Task::Manifests => manifests::run(),
+        Task::Lint => lint::run(),
         Task::Test { args } => test(&args),
         Task::Demo { keep } => demo::run(keep),
         Task::Bench(args) => bench::run(args),

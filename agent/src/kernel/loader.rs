@@ -29,7 +29,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 
 /// The loaded and attached programs and their maps. Dropping it detaches the programs; the
 /// pinned maps stay until [`Datapath::remove_pins`].
-pub struct Datapath {
+pub(crate) struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     /// Where this layout's maps are pinned.
@@ -46,13 +46,13 @@ pub struct Datapath {
 
 /// A program the agent loaded, as the kernel knows it (for `/readyz` and support).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ProgramRef {
+pub(crate) struct ProgramRef {
     pub name: String,
     pub id: u32,
 }
 
 impl Datapath {
-    pub fn load(options: &DatapathOptions) -> anyhow::Result<Self> {
+    pub(crate) fn load(options: &DatapathOptions) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this lockmesh binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
@@ -71,76 +71,20 @@ impl Datapath {
         // other sizes) starts fresh instead of adopting maps it would misread.
         let maps_dir = options.pin_dir.join(maps_dir_name(options));
         std::fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
-        let pins: Vec<(&str, PathBuf)> =
-            map_names::ALL.iter().map(|name| (*name, maps_dir.join(name))).collect();
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::ENROLLED, options.max_enrolled)
-            .map_max_entries(map_names::FLOW_EVENTS, options.ring_buffer_bytes);
-        for (name, entries) in &options.map_entries {
-            if !RESIZABLE_MAPS.contains(&name.as_str()) {
-                bail!("--bpf-map-entries: {name} is not a resizable map");
-            }
-            loader.map_max_entries(name, *entries);
-        }
-        // Pinned maps outlive this process: a restarted agent adopts them (and the events the
-        // kernel queued meanwhile) instead of starting blind.
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object into the kernel")?;
+        let mut ebpf = load_object(options, &maps_dir)?;
 
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => spawn_kernel_logger(logger),
-            Err(e) => tracing::debug!(error = %e, "no eBPF log records in this object"),
-        }
-
-        let cgroup = File::open(&options.cgroup)
-            .with_context(|| format!("opening cgroup {}", options.cgroup.display()))?;
         // Links are pinned so that the datapath outlives the agent (fail closed: STRICT keeps
         // resetting, captured connections keep failing fast instead of leaking plaintext). A
         // restarting agent attaches its own links first, then releases the old ones.
         let links_dir = options.pin_dir.join(LINKS_DIR);
         std::fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
         let inherited = pinned_links(&links_dir);
-        let mut links = Vec::new();
-        let mut programs = Vec::new();
-        // `Single` still creates a bpf_link, which the kernel stacks with other links on the
-        // cgroup; `AllowMultiple` is rejected by aya 0.14 (see kernel-notes).
-        {
-            let sock_ops: &mut SockOps = program(&mut ebpf, prog_names::SOCK_OPS)?.try_into()?;
-            sock_ops.load().context("verifying lockmesh_sockops")?;
-            let id =
-                sock_ops.attach(&cgroup, CgroupAttachMode::Single).context("attaching lockmesh_sockops")?;
-            let link =
-                FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?;
-            let prog_id = sock_ops.info()?.id();
-            links.push((prog_names::SOCK_OPS, prog_id, link));
-            programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: prog_id });
+        let (links, mut programs) = attach_cgroup_programs(&mut ebpf, &options.cgroup)?;
+        for name in [prog_names::STRICT, prog_names::ANTISPOOF] {
+            let classifier: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+            classifier.load().with_context(|| format!("verifying {name}"))?;
+            programs.push(ProgramRef { name: name.to_string(), id: classifier.info()?.id() });
         }
-        for name in [prog_names::CONNECT4, prog_names::GETPEERNAME4, prog_names::GETSOCKNAME4] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name}"))?;
-            let link = FdLink::try_from(prog.take_link(id)?).context("sock_addr link is not an fd link")?;
-            let prog_id = prog.info()?.id();
-            links.push((name, prog_id, link));
-            programs.push(ProgramRef { name: name.to_string(), id: prog_id });
-        }
-
-        {
-            let strict: &mut SchedClassifier = program(&mut ebpf, prog_names::STRICT)?.try_into()?;
-            strict.load().context("verifying lockmesh_strict")?;
-            programs.push(ProgramRef { name: prog_names::STRICT.to_string(), id: strict.info()?.id() });
-        }
-        {
-            let antispoof: &mut SchedClassifier = program(&mut ebpf, prog_names::ANTISPOOF)?.try_into()?;
-            antispoof.load().context("verifying lockmesh_antispoof")?;
-            programs.push(ProgramRef { name: prog_names::ANTISPOOF.to_string(), id: antispoof.info()?.id() });
-        }
-
         for (name, prog_id, link) in links {
             let path = links_dir.join(format!("{name}-{prog_id}"));
             link.pin(&path).with_context(|| format!("pinning the {name} link at {}", path.display()))?;
@@ -183,7 +127,7 @@ impl Datapath {
 
     /// Puts the STRICT program on the way into a pod: TC egress of its host-side interface. The
     /// link is pinned; a previous agent's link on the interface is released once ours is in.
-    pub fn guard(&mut self, interface: &str) -> anyhow::Result<()> {
+    pub(crate) fn guard(&mut self, interface: &str) -> anyhow::Result<()> {
         if self.guarded.contains_key(interface) {
             return Ok(());
         }
@@ -197,7 +141,7 @@ impl Datapath {
     /// Puts the anti-spoofing program on the way out of a pod: TC ingress of its host-side
     /// interface, checking sources against `POD_SOURCES` (fill it first: an interface without
     /// entries drops all of its pod's IPv4). Pinned like the STRICT guard.
-    pub fn guard_sources(&mut self, interface: &str) -> anyhow::Result<()> {
+    pub(crate) fn guard_sources(&mut self, interface: &str) -> anyhow::Result<()> {
         if self.source_guarded.contains_key(interface) {
             return Ok(());
         }
@@ -244,7 +188,7 @@ impl Datapath {
 
     /// Removes the STRICT and anti-spoofing programs from an interface (the pod left; the
     /// interface may be gone).
-    pub fn unguard(&mut self, interface: &str) {
+    pub(crate) fn unguard(&mut self, interface: &str) {
         if let Some(path) = self.guarded.remove(interface) {
             release_link(&path);
         }
@@ -256,7 +200,7 @@ impl Datapath {
     /// Releases the previous agent's guards of interfaces that are gone. Others stay until this
     /// agent guards the interface again; until then they enforce what the (shared) STRICT map
     /// says, which this agent keeps current.
-    pub fn release_inherited_guards(&mut self) {
+    pub(crate) fn release_inherited_guards(&mut self) {
         self.inherited_guards.retain(|path| {
             let ifindex = path
                 .file_name()
@@ -272,31 +216,31 @@ impl Datapath {
         });
     }
 
-    pub fn programs(&self) -> &[ProgramRef] {
+    pub(crate) fn programs(&self) -> &[ProgramRef] {
         &self.programs
     }
 
     /// The agent-owned hash map `name`, typed.
-    pub fn synced_map<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    pub(crate) fn synced_map<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
         &mut self,
         name: &'static str,
     ) -> anyhow::Result<SyncedMap<K, V>> {
         SyncedMap::take(&mut self.ebpf, name, self.stats.clone())
     }
 
-    pub fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
+    pub(crate) fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
         OrigDstMap::take(&mut self.ebpf)
     }
 
     /// Figures of every map (capacity, entries, refused writes), kept current.
-    pub fn map_stats(&self) -> MapStats {
+    pub(crate) fn map_stats(&self) -> MapStats {
         self.stats.clone()
     }
 
     /// Starts counting the entries of the maps the kernel writes (`ORIG_DST`,
     /// `ORIG_DST_BY_PORT`, `FIN_WAIT2_RCV_NXT`, `FLOW_STARTS`) every [`COUNT_EVERY`](stats::COUNT_EVERY), through handles of
     /// their own.
-    pub fn count_kernel_maps(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn count_kernel_maps(&mut self) -> anyhow::Result<()> {
         let pinned = |name: &str| -> anyhow::Result<Map> {
             let path = self.maps_dir.join(name);
             let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -323,23 +267,85 @@ impl Datapath {
         stats::count_forever(maps, self.stats.clone())
     }
 
-    pub fn counters(&mut self) -> anyhow::Result<Counters> {
+    pub(crate) fn counters(&mut self) -> anyhow::Result<Counters> {
         Counters::take(&mut self.ebpf)
     }
 
-    pub fn event_reader(&mut self) -> anyhow::Result<EventReader> {
+    pub(crate) fn event_reader(&mut self) -> anyhow::Result<EventReader> {
         EventReader::take(&mut self.ebpf)
     }
 
     /// Detaches the programs and removes this node's pins: nothing of the agent stays in the
     /// kernel.
     /// Leaves the datapath in the kernel, pinned, for the next agent (fail closed).
-    pub fn leave_in_place(self) {
+    pub(crate) fn leave_in_place(self) {
         tracing::info!(
             pins = %self.pin_dir.display(),
             "datapath left in place (STRICT keeps holding); `lockmesh agent --cleanup` removes it"
         );
     }
+}
+
+/// The eBPF object loaded into the kernel with the maps sized as the options say and pinned in
+/// `maps_dir`; its log records go to the agent's log.
+fn load_object(options: &DatapathOptions, maps_dir: &Path) -> anyhow::Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::ENROLLED, options.max_enrolled)
+        .map_max_entries(map_names::FLOW_EVENTS, options.ring_buffer_bytes);
+    for (name, entries) in &options.map_entries {
+        if !RESIZABLE_MAPS.contains(&name.as_str()) {
+            bail!("--bpf-map-entries: {name} is not a resizable map");
+        }
+        loader.map_max_entries(name, *entries);
+    }
+    // Pinned maps outlive this process: a restarted agent adopts them (and the events the
+    // kernel queued meanwhile) instead of starting blind.
+    let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|name| (*name, maps_dir.join(name))).collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object into the kernel")?;
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => spawn_kernel_logger(logger),
+        Err(e) => tracing::debug!(error = %e, "no eBPF log records in this object"),
+    }
+    Ok(ebpf)
+}
+
+/// A program attached to the cgroup, with its link (to pin).
+type CgroupLink = (&'static str, u32, FdLink);
+
+/// Verifies and attaches the cgroup programs (sock_ops, connect4, getpeername4, getsockname4).
+fn attach_cgroup_programs(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+) -> anyhow::Result<(Vec<CgroupLink>, Vec<ProgramRef>)> {
+    let cgroup = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let mut links = Vec::new();
+    let mut programs = Vec::new();
+    // `Single` still creates a bpf_link, which the kernel stacks with other links on the
+    // cgroup; `AllowMultiple` is rejected by aya 0.14 (see kernel-notes).
+    {
+        let sock_ops: &mut SockOps = program(ebpf, prog_names::SOCK_OPS)?.try_into()?;
+        sock_ops.load().context("verifying lockmesh_sockops")?;
+        let id = sock_ops.attach(&cgroup, CgroupAttachMode::Single).context("attaching lockmesh_sockops")?;
+        let link = FdLink::try_from(sock_ops.take_link(id)?).context("sock_ops link is not an fd link")?;
+        let prog_id = sock_ops.info()?.id();
+        links.push((prog_names::SOCK_OPS, prog_id, link));
+        programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: prog_id });
+    }
+    for name in [prog_names::CONNECT4, prog_names::GETPEERNAME4, prog_names::GETSOCKNAME4] {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        let id =
+            prog.attach(&cgroup, CgroupAttachMode::Single).with_context(|| format!("attaching {name}"))?;
+        let link = FdLink::try_from(prog.take_link(id)?).context("sock_addr link is not an fd link")?;
+        let prog_id = prog.info()?.id();
+        links.push((name, prog_id, link));
+        programs.push(ProgramRef { name: name.to_string(), id: prog_id });
+    }
+    Ok((links, programs))
 }
 
 /// The maps' directory: their layout version and sizes, so that an agent whose maps differ
@@ -396,7 +402,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 }
 
 /// Removes a node's pin directory (used by `--cleanup` and on clean shutdown).
-pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(pin_dir) {
         Ok(()) => {
             tracing::info!(pins = %pin_dir.display(), "removed pinned maps");
@@ -429,7 +435,7 @@ fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn is_bpffs(path: &Path) -> bool {
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 

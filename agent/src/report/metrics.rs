@@ -22,13 +22,13 @@ use crate::{
     sys::bounds::{TableStat, Tables},
 };
 
-pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 const UNKNOWN: &str = "unknown";
 
 /// Istio's label set of `istio_tcp_*` (names exactly as Istio's).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
+pub(crate) struct TcpLabels {
     pub reporter: String,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -76,11 +76,11 @@ struct MapLabels {
 /// Series of `lockmesh_resets_total` at most: its `port` label comes from traffic (a port scan
 /// of a STRICT pod would otherwise add one series per port). Beyond it, new series count under
 /// `port="other"`.
-pub const MAX_RESET_SERIES: usize = 4096;
+pub(crate) const MAX_RESET_SERIES: usize = 4096;
 
 /// What `/metrics` shows of the agent's bounds, read at scrape time.
 #[derive(Clone, Debug, Default)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// Every eBPF map, by name.
     pub maps: BTreeMap<String, MapStat>,
     /// The agent's own tables.
@@ -91,7 +91,9 @@ pub struct Bounds {
     pub limited: Vec<(&'static str, u64)>,
 }
 
-pub struct Metrics {
+/// Every family, registered in [`Metrics::new`] (`Default` leaves them unregistered).
+#[derive(Default)]
+pub(crate) struct Metrics {
     registry: Registry,
     limited: Family<ReasonLabels, Counter>,
     opened: Family<TcpLabels, Counter>,
@@ -120,43 +122,18 @@ pub struct Metrics {
     scrape: Mutex<()>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
+        let metrics = Self::default();
         let mut registry = Registry::default();
-        let metrics = Self {
-            opened: Family::default(),
-            closed: Family::default(),
-            sent: Family::default(),
-            received: Family::default(),
-            resets: Family::default(),
-            handshake_failures: Family::default(),
-            tracked: Gauge::default(),
-            evicted: Family::default(),
-            kernel_drops: Counter::default(),
-            spoof_drops: Counter::default(),
-            kernel_received: Counter::default(),
-            cert_expiry: Family::default(),
-            map_entries: Family::default(),
-            map_capacity: Family::default(),
-            map_update_failures: Family::default(),
-            table_entries: Family::default(),
-            table_capacity: Family::default(),
-            table_overflows: Family::default(),
-            captured_without_destination: Counter::default(),
-            reset_series: AtomicUsize::new(0),
-            reset_series_overflows: AtomicU64::new(0),
-            scrape: Mutex::new(()),
-            limited: Family::default(),
-            registry: Registry::default(),
-        };
-        // Counter names get `_total` from the encoder.
-        let r = &mut registry;
+        metrics.register_istio(&mut registry);
+        metrics.register_lockmesh(&mut registry);
+        Self { registry, ..metrics }
+    }
+
+    /// Istio's standard TCP metrics. Counter names get `_total` from the encoder.
+    fn register_istio(&self, r: &mut Registry) {
+        let metrics = self;
         r.register("istio_tcp_connections_opened", "TCP connections opened", metrics.opened.clone());
         r.register("istio_tcp_connections_closed", "TCP connections closed", metrics.closed.clone());
         r.register(
@@ -169,6 +146,12 @@ impl Metrics {
             "Bytes received in requests (client to server)",
             metrics.received.clone(),
         );
+    }
+
+    /// lockmesh's own: flows, kernel events, limits, certificates and the bounds of every map
+    /// and table.
+    fn register_lockmesh(&self, r: &mut Registry) {
+        let metrics = self;
         r.register("lockmesh_flows_tracked", "Open flows in the agent's flow table", metrics.tracked.clone());
         r.register(
             "lockmesh_flows_evicted",
@@ -241,11 +224,10 @@ impl Metrics {
             "Captured connections the engine accepted without an original destination in the kernel (evicted from ORIG_DST or ORIG_DST_BY_PORT); reset",
             metrics.captured_without_destination.clone(),
         );
-        Self { registry, ..metrics }
     }
 
     /// The Prometheus text exposition, with scrape-time values filled in.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         flows: FlowStats,
         kernel: CounterValues,
@@ -318,7 +300,7 @@ impl Metrics {
 }
 
 /// Istio's labels for a flow.
-pub fn tcp_labels(r: &FlowRecord) -> TcpLabels {
+pub(crate) fn tcp_labels(r: &FlowRecord) -> TcpLabels {
     let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.to_string());
     let app = |labels: &std::collections::BTreeMap<String, String>| {
         labels

@@ -15,7 +15,7 @@ use super::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProblemKind {
+pub(crate) enum ProblemKind {
     /// A line's bytes changed (its hash no longer matches the next line's `prev`), or it is no
     /// longer a valid audit line.
     Edited,
@@ -32,7 +32,7 @@ pub enum ProblemKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub file: PathBuf,
     /// 1-based.
     pub line: usize,
@@ -55,7 +55,7 @@ impl std::fmt::Display for Problem {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub files: Vec<PathBuf>,
     pub records: u64,
     pub checkpoints: u64,
@@ -71,7 +71,7 @@ pub struct Summary {
 }
 
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub summary: Summary,
     pub problems: Vec<Problem>,
 }
@@ -99,7 +99,7 @@ struct Entry {
 
 /// Verifies `paths` (any order: files are ordered by their first sequence number; `.pub` files
 /// are skipped). `trusted`: the published `(key id, public key hex)` checkpoints must use.
-pub fn verify_files(paths: &[PathBuf], trusted: Option<(String, String)>) -> anyhow::Result<Report> {
+pub(crate) fn verify_files(paths: &[PathBuf], trusted: Option<(String, String)>) -> anyhow::Result<Report> {
     let mut files: Vec<(Option<u64>, PathBuf, Vec<Entry>)> = Vec::new();
     for path in paths.iter().filter(|p| p.extension().is_none_or(|e| e != "pub")) {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -119,7 +119,7 @@ pub fn verify_files(paths: &[PathBuf], trusted: Option<(String, String)>) -> any
 }
 
 /// The published key next to the log: `FILE.pub`, with a rotation suffix (`.N`) removed.
-pub fn pub_file_for(path: &Path) -> PathBuf {
+pub(crate) fn pub_file_for(path: &Path) -> PathBuf {
     let text = path.to_string_lossy();
     let base = match text.rsplit_once('.') {
         Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base.to_string(),
@@ -198,78 +198,39 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
                     reported = true;
                 }
             }
-            Some((seq, prev)) => {
-                if line.seq != *seq {
-                    let later = positions.get(seq).is_some_and(|p| p.iter().any(|&j| j > i));
-                    let (kind, detail) = if line.seq < *seq || later {
-                        (ProblemKind::Reordered, format!("seq {} where {seq} was expected", line.seq))
-                    } else if e.line == 1 && e.file > 0 {
-                        let detail = format!(
-                            "seq jumps from {} to {} at the start of this file: records or a whole file removed",
-                            seq - 1,
-                            line.seq
-                        );
-                        (ProblemKind::Removed, detail)
-                    } else {
-                        let detail = format!(
-                            "seq jumps from {} to {}: {} record(s) removed before this line",
-                            seq - 1,
-                            line.seq,
-                            line.seq - seq
-                        );
-                        (ProblemKind::Removed, detail)
-                    };
-                    problem(e, kind, detail);
-                    reported = true;
-                } else if line.prev != *prev && !suppress {
-                    // This line's own bytes changed if the next line does not chain to it either.
-                    let next = entries.get(i + 1).and_then(|n| n.parsed.as_ref());
-                    let this_changed = next.is_some_and(|n| n.seq == line.seq + 1 && n.prev != e.hash);
-                    match previous.filter(|_| !this_changed) {
-                        Some(p) => problem(
-                            &entries[p],
+            Some((seq, _)) if line.seq != *seq => {
+                let later = positions.get(seq).is_some_and(|p| p.iter().any(|&j| j > i));
+                let (kind, detail) = seq_problem(line.seq, *seq, later, e);
+                problem(e, kind, detail);
+                reported = true;
+            }
+            Some((_, prev)) if line.prev != *prev && !suppress => {
+                // This line's own bytes changed if the next line does not chain to it either.
+                let next = entries.get(i + 1).and_then(|n| n.parsed.as_ref());
+                let this_changed = next.is_some_and(|n| n.seq == line.seq + 1 && n.prev != e.hash);
+                match previous.filter(|_| !this_changed) {
+                    Some(p) => problem(
+                        &entries[p],
+                        ProblemKind::Edited,
+                        "its hash does not match the next line's prev: the line was changed".into(),
+                    ),
+                    None => {
+                        problem(
+                            e,
                             ProblemKind::Edited,
-                            "its hash does not match the next line's prev: the line was changed".into(),
-                        ),
-                        None => {
-                            problem(
-                                e,
-                                ProblemKind::Edited,
-                                "the line was changed: it no longer chains to its neighbours".into(),
-                            );
-                            reported = true;
-                        }
+                            "the line was changed: it no longer chains to its neighbours".into(),
+                        );
+                        reported = true;
                     }
                 }
             }
+            Some(_) => {}
         }
-        if let Some(checkpoint) = &line.checkpoint {
-            summary.checkpoints += 1;
-            summary.unsealed = 0;
-            summary.key_ids.insert(checkpoint.key_id.clone());
-            note_time(summary, Some(checkpoint.time));
-            let public = key::key_id(&super::chain::unhex(&checkpoint.public_key).unwrap_or_default());
-            let signed = key::verify(
-                &checkpoint.public_key,
-                &checkpoint.message(line.seq, &line.prev),
-                &checkpoint.signature,
-            );
-            if !signed || public != checkpoint.key_id {
-                problem(
-                    e,
-                    ProblemKind::BadSignature,
-                    format!("checkpoint seq {} does not verify with key {}", line.seq, checkpoint.key_id),
-                );
-            } else if let Some((id, key)) =
-                trusted.filter(|(id, key)| *id != checkpoint.key_id || *key != checkpoint.public_key)
-            {
-                let _ = key;
-                problem(
-                    e,
-                    ProblemKind::UnknownKey,
-                    format!("checkpoint signed by key {}, not the published {id}", checkpoint.key_id),
-                );
-            }
+        if let Some(checkpoint) = &line.checkpoint
+            && let Some((kind, detail)) =
+                checked_checkpoint(line.seq, &line.prev, checkpoint, trusted, summary)
+        {
+            problem(e, kind, detail);
         }
         if let Some(flow) = &line.flow {
             summary.records += 1;
@@ -285,6 +246,52 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         previous = Some(i);
         suppress = reported;
     }
+}
+
+/// What a line whose `seq` is not the `expected` one means: reordered (it comes back `later`, or
+/// goes backwards) or records removed before it (a whole file, when it starts a file).
+fn seq_problem(seq: u64, expected: u64, later: bool, e: &Entry) -> (ProblemKind, String) {
+    if seq < expected || later {
+        (ProblemKind::Reordered, format!("seq {seq} where {expected} was expected"))
+    } else if e.line == 1 && e.file > 0 {
+        let detail = format!(
+            "seq jumps from {} to {seq} at the start of this file: records or a whole file removed",
+            expected - 1
+        );
+        (ProblemKind::Removed, detail)
+    } else {
+        let detail = format!(
+            "seq jumps from {} to {seq}: {} record(s) removed before this line",
+            expected - 1,
+            seq - expected
+        );
+        (ProblemKind::Removed, detail)
+    }
+}
+
+/// Counts a checkpoint and checks its signature, and its key against the published one.
+fn checked_checkpoint(
+    seq: u64,
+    prev: &str,
+    checkpoint: &Checkpoint,
+    trusted: Option<&(String, String)>,
+    summary: &mut Summary,
+) -> Option<(ProblemKind, String)> {
+    summary.checkpoints += 1;
+    summary.unsealed = 0;
+    summary.key_ids.insert(checkpoint.key_id.clone());
+    note_time(summary, Some(checkpoint.time));
+    let public = key::key_id(&super::chain::unhex(&checkpoint.public_key).unwrap_or_default());
+    let signed = key::verify(&checkpoint.public_key, &checkpoint.message(seq, prev), &checkpoint.signature);
+    if !signed || public != checkpoint.key_id {
+        let detail = format!("checkpoint seq {seq} does not verify with key {}", checkpoint.key_id);
+        return Some((ProblemKind::BadSignature, detail));
+    }
+    let (id, _) = trusted.filter(|(id, key)| *id != checkpoint.key_id || *key != checkpoint.public_key)?;
+    Some((
+        ProblemKind::UnknownKey,
+        format!("checkpoint signed by key {}, not the published {id}", checkpoint.key_id),
+    ))
 }
 
 fn note_time(summary: &mut Summary, time: Option<OffsetDateTime>) {
