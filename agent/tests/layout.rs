@@ -30,15 +30,21 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+/// Every `.rs` file under `agent/src`, with its path relative to it.
+fn source_files() -> Vec<(PathBuf, PathBuf)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
         }
     }
+    let mut files = Vec::new();
+    walk(&src(), &mut files);
+    files.into_iter().map(|file| (file.strip_prefix(src()).unwrap().to_path_buf(), file)).collect()
 }
 
 /// The code of a file without its comments (line comments; doc comments are line comments).
@@ -87,11 +93,8 @@ fn crate_references(code: &str) -> BTreeSet<String> {
 
 #[test]
 fn stages_import_only_from_earlier_stages() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
     let mut backwards = Vec::new();
-    for file in &files {
-        let relative = file.strip_prefix(src()).unwrap();
+    for (relative, file) in &source_files() {
         let Some(stage) = relative.components().next().and_then(|c| c.as_os_str().to_str()) else { continue };
         let stage = stage.trim_end_matches(".rs");
         let Some(rank) = STAGES.iter().position(|s| *s == stage) else {
@@ -116,11 +119,8 @@ fn stages_import_only_from_earlier_stages() {
 
 #[test]
 fn every_source_file_is_a_module_of_the_crate() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
     let mut orphans = Vec::new();
-    for file in &files {
-        let relative = file.strip_prefix(src()).unwrap();
+    for (relative, file) in &source_files() {
         let name = file.file_stem().unwrap().to_str().unwrap();
         if relative.parent() == Some(Path::new("")) && ["lib", "main"].contains(&name) {
             continue;

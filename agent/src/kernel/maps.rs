@@ -36,8 +36,9 @@ pub(super) type ExemptMap = SyncedMap<ExemptKey, u32>;
 /// Addresses each enrolled pod may send from (anti-spoofing).
 pub(super) type PodSourcesMap = SyncedMap<SourceKey, u32>;
 
-/// A write the kernel refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A write (an insert or a removal) the kernel refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub(crate) struct WriteError {
     /// The map is at its capacity (`E2BIG`).
     pub full: bool,
@@ -54,7 +55,7 @@ pub(crate) struct SyncOutcome<K> {
     /// Desired entries the kernel refused, with why (retried at the next sync).
     pub failed: Vec<(K, WriteError)>,
     /// Stale entries that could not be removed.
-    pub not_removed: Vec<(K, String)>,
+    pub not_removed: Vec<(K, WriteError)>,
 }
 
 impl<K> SyncOutcome<K> {
@@ -69,7 +70,7 @@ pub(crate) trait MapBackend<K, V> {
     fn keys(&self) -> Vec<K>;
     fn get(&self, key: &K) -> Option<V>;
     fn insert(&mut self, key: &K, value: &V) -> Result<(), WriteError>;
-    fn remove(&mut self, key: &K) -> Result<(), String>;
+    fn remove(&mut self, key: &K) -> Result<(), WriteError>;
 }
 
 impl<K: Pod, V: Pod> MapBackend<K, V> for HashMap<MapData, K, V> {
@@ -89,8 +90,8 @@ impl<K: Pod, V: Pod> MapBackend<K, V> for HashMap<MapData, K, V> {
         })
     }
 
-    fn remove(&mut self, key: &K) -> Result<(), String> {
-        HashMap::remove(self, key).map_err(|e| e.to_string())
+    fn remove(&mut self, key: &K) -> Result<(), WriteError> {
+        HashMap::remove(self, key).map_err(|e| WriteError { full: false, message: e.to_string() })
     }
 }
 

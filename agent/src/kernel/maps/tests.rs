@@ -23,8 +23,8 @@ impl MapBackend<u32, u32> for Fake {
         Ok(())
     }
 
-    fn remove(&mut self, key: &u32) -> Result<(), String> {
-        self.entries.remove(key).map(drop).ok_or_else(|| "ENOENT".into())
+    fn remove(&mut self, key: &u32) -> Result<(), WriteError> {
+        self.entries.remove(key).map(drop).ok_or_else(|| WriteError { full: false, message: "ENOENT".into() })
     }
 }
 
