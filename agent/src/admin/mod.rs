@@ -25,7 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
     desired::inventory::Inventory,
-    engine::{hbone::Pool, limits::Limiter},
+    engine::{limits::Limiter, pool::Pool},
     identity::{CertificateStatus, Identities},
     kernel::{CounterValues, MapStat, MapStats, ProgramRef},
     report::{

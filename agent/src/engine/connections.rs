@@ -5,7 +5,7 @@ use std::{io, net::SocketAddrV4, sync::Arc, time::Duration};
 
 use time::OffsetDateTime;
 
-use super::{copy::CopyError, hbone::TunnelError, limits::LimitReason};
+use super::{copy::CopyError, limits::LimitReason, pool::TunnelError};
 use crate::{cluster::model::Workload, identity::TlsInfo, policy::Decision};
 
 /// Which end of the connection the engine's pod is.

@@ -8,6 +8,7 @@ pub mod hbone;
 mod inbound;
 pub(crate) mod limits;
 mod outbound;
+pub(crate) mod pool;
 pub mod sockets;
 
 use std::{
@@ -42,7 +43,7 @@ pub struct EngineContext {
     /// Where every connection is reported (the flow sink).
     pub observer: Arc<dyn ConnectionObserver>,
     pub orig_dst: Mutex<OrigDstMap>,
-    pub pool: Arc<hbone::Pool>,
+    pub pool: Arc<pool::Pool>,
     /// HTTP/2 streams per HBONE connection, both directions.
     pub max_streams: u32,
     /// Round-robin position for Service endpoints.
@@ -143,7 +144,7 @@ impl Engine {
         max_connections: usize,
         limiter: Arc<limits::Limiter>,
     ) -> Self {
-        let pool = hbone::Pool::new(identities.clone(), max_streams, max_connections);
+        let pool = pool::Pool::new(identities.clone(), max_streams, max_connections);
         let ctx = EngineContext {
             identities,
             inventory,
@@ -158,7 +159,7 @@ impl Engine {
         Self { ctx: Arc::new(ctx), pods: HashMap::new() }
     }
 
-    pub fn pool(&self) -> Arc<hbone::Pool> {
+    pub fn pool(&self) -> Arc<pool::Pool> {
         self.ctx.pool.clone()
     }
 

@@ -17,8 +17,8 @@ use super::{
     EngineContext, PodProxy,
     connections::{Closed, Connection, ConnectionError, Direction, RouteError},
     copy,
-    hbone::{PoolKey, TunnelError},
     limits::LimitReason,
+    pool::{PoolKey, TunnelError},
     sockets,
 };
 use crate::{
