@@ -57,7 +57,7 @@ pub(crate) struct Readiness {
     pub engine: OnceLock<EngineHandles>,
     /// The eBPF maps' figures, once loaded.
     pub maps: OnceLock<MapStats>,
-    /// What each kernel map could not hold at its last sync, by map (see `agent::apply`).
+    /// What each kernel map could not hold at its last sync, by map (see `app::node`).
     pub kernel_map_errors: Mutex<BTreeMap<String, String>>,
 }
 

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    EngineContext, PodProxy,
+    EngineContext, ServedPod,
     connections::{Closed, Connection, ConnectionError, Direction},
     copy, hbone,
     limits::{LimitReason, StreamPermit},
@@ -31,7 +31,7 @@ const GOODBYE: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(
     ctx: Arc<EngineContext>,
-    pod: Arc<PodProxy>,
+    pod: Arc<ServedPod>,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) {
@@ -56,7 +56,7 @@ enum SetupError {
     Http2(h2::Error),
 }
 
-async fn connection(ctx: Arc<EngineContext>, pod: Arc<PodProxy>, tcp: TcpStream, peer: SocketAddr) {
+async fn connection(ctx: Arc<EngineContext>, pod: Arc<ServedPod>, tcp: TcpStream, peer: SocketAddr) {
     // Refused before any TLS work: an unauthenticated flood costs one accept and one reset
     // each. Not a flow record (that would let the flood fill the flow table and audit log).
     let Ok(permit) = ctx.limiter.handshake(peer.ip()) else {
@@ -130,7 +130,7 @@ fn peer_of(addr: SocketAddr, info: &PeerInfo) -> Arc<Peer> {
 impl Peer {
     /// A stream of this peer to `pod`, from the client port its engine reports (the pod's end
     /// is the app's address, filled in by the caller).
-    fn connection(&self, pod: &PodProxy, started: time::OffsetDateTime, client_port: u16) -> Connection {
+    fn connection(&self, pod: &ServedPod, started: time::OffsetDateTime, client_port: u16) -> Connection {
         Connection {
             started,
             direction: Direction::Inbound,
@@ -149,7 +149,7 @@ impl Peer {
 /// or the connection has had no stream for the idle timeout.
 async fn serve_streams<T>(
     ctx: Arc<EngineContext>,
-    pod: Arc<PodProxy>,
+    pod: Arc<ServedPod>,
     peer: Arc<Peer>,
     mut h2: h2::server::Connection<T, Bytes>,
 ) where
@@ -221,7 +221,7 @@ async fn serve_streams<T>(
 /// Answers a CONNECT with an error status and reports the refusal (a denied flow).
 fn refuse(
     ctx: &EngineContext,
-    pod: &PodProxy,
+    pod: &ServedPod,
     peer: &Peer,
     client_port: u16,
     mut respond: SendResponse<Bytes>,
@@ -239,7 +239,7 @@ fn refuse(
 
 async fn stream(
     ctx: &EngineContext,
-    pod: &PodProxy,
+    pod: &ServedPod,
     peer: &Peer,
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,

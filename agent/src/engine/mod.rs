@@ -55,7 +55,7 @@ pub struct EngineContext {
 }
 
 /// One enrolled pod as the engine serves it.
-pub struct PodProxy {
+pub struct ServedPod {
     pub workload: Arc<Workload>,
     pub identity: Arc<str>,
     pub ip: Ipv4Addr,
@@ -90,13 +90,13 @@ impl Drop for ConnectionGuard {
 /// Accepts on one of a pod's listeners until `stop`, handing each connection to `handle` in a
 /// task of its own that holds a [`ConnectionGuard`] (so unenrolment and shutdown can drain).
 async fn accept_loop<F, Fut>(
-    pod: Arc<PodProxy>,
+    pod: Arc<ServedPod>,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
     what: &'static str,
     handle: F,
 ) where
-    F: Fn(Arc<PodProxy>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<ServedPod>, tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -125,7 +125,7 @@ async fn accept_loop<F, Fut>(
 }
 
 struct Running {
-    proxy: Arc<PodProxy>,
+    pod: Arc<ServedPod>,
     stop: CancellationToken,
 }
 
@@ -182,9 +182,9 @@ impl Engine {
         for pod in pods {
             let key = &pod.workload.key;
             if let Some(running) = self.pods.get(key) {
-                let same = pod.netns.cookie() == running.proxy.netns_cookie
-                    && *running.proxy.identity == *pod.workload.identity(trust_domain)
-                    && pod.workload.primary_address() == Some(running.proxy.ip);
+                let same = pod.netns.cookie() == running.pod.netns_cookie
+                    && *running.pod.identity == *pod.workload.identity(trust_domain)
+                    && pod.workload.primary_address() == Some(running.pod.ip);
                 if same {
                     continue;
                 }
@@ -194,7 +194,7 @@ impl Engine {
             }
             match self.start(pod, trust_domain).await {
                 Ok(running) => {
-                    tracing::info!(pod = %key, ip = %running.proxy.ip, "engine serving pod on 127.0.0.1:15001 and :15008");
+                    tracing::info!(pod = %key, ip = %running.pod.ip, "engine serving pod on 127.0.0.1:15001 and :15008");
                     self.pods.insert(key.clone(), running);
                 }
                 Err(e) => tracing::error!(pod = %key, error = format!("{e:#}"), "engine cannot serve pod"),
@@ -210,10 +210,10 @@ impl Engine {
         for key in gone {
             if let Some(running) = self.pods.remove(&key) {
                 running.stop.cancel();
-                if let Err(e) = podnet::undo(running.proxy.sockets.netns()).await {
+                if let Err(e) = podnet::undo(running.pod.sockets.netns()).await {
                     tracing::debug!(pod = %key, error = %e, "cleaning the pod's routing (it may be gone)");
                 }
-                tracing::info!(pod = %key, open = running.proxy.connections.open(), "engine stopped serving pod");
+                tracing::info!(pod = %key, open = running.pod.connections.open(), "engine stopped serving pod");
             }
         }
     }
@@ -228,7 +228,7 @@ impl Engine {
         podnet::prepare(&pod.netns).await?;
         let outbound = sockets.listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), engine::OUTBOUND_PORT))?;
         let inbound = sockets.listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), engine::HBONE_PORT))?;
-        let proxy = Arc::new(PodProxy {
+        let served = Arc::new(ServedPod {
             workload: pod.workload.clone(),
             identity,
             ip,
@@ -237,9 +237,9 @@ impl Engine {
             connections: Connections::default(),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(outbound::serve(self.ctx.clone(), proxy.clone(), outbound, stop.clone()));
-        tokio::spawn(inbound::serve(self.ctx.clone(), proxy.clone(), inbound, stop.clone()));
-        Ok(Running { proxy, stop })
+        tokio::spawn(outbound::serve(self.ctx.clone(), served.clone(), outbound, stop.clone()));
+        tokio::spawn(inbound::serve(self.ctx.clone(), served.clone(), inbound, stop.clone()));
+        Ok(Running { pod: served, stop })
     }
 
     /// Stops accepting everywhere and waits up to `grace` for open connections to finish.
@@ -248,7 +248,7 @@ impl Engine {
             running.stop.cancel();
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.pods.values().any(|r| r.proxy.connections.open() > 0)
+        while self.pods.values().any(|r| r.pod.connections.open() > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    EngineContext, PodProxy,
+    EngineContext, ServedPod,
     connections::{Closed, Connection, ConnectionError, Direction, RouteError},
     copy,
     limits::LimitReason,
@@ -29,7 +29,7 @@ use crate::{
 
 pub(super) async fn serve(
     ctx: Arc<EngineContext>,
-    pod: Arc<PodProxy>,
+    pod: Arc<ServedPod>,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) {
@@ -40,7 +40,7 @@ pub(super) async fn serve(
     .await
 }
 
-async fn handle(ctx: &EngineContext, pod: &PodProxy, app: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: &EngineContext, pod: &ServedPod, app: TcpStream, peer: SocketAddr) {
     let started = time::OffsetDateTime::now_utc();
     let key = sockets::socket_cookie(&app);
     // Where the app meant to go, as the kernel recorded it: found by this pod's namespace and
@@ -130,7 +130,7 @@ fn route(
 /// Over HBONE to the endpoint's engine.
 async fn tunnel(
     ctx: &EngineContext,
-    pod: &PodProxy,
+    pod: &ServedPod,
     mut app: TcpStream,
     key: u64,
     mut connection: Connection,
@@ -178,7 +178,7 @@ async fn tunnel(
 
 /// Plaintext, straight from the pod (policy says no mTLS for a captured destination, e.g. a
 /// Service whose DestinationRule disables TLS).
-async fn direct(ctx: &EngineContext, pod: &PodProxy, mut app: TcpStream, key: u64, connection: Connection) {
+async fn direct(ctx: &EngineContext, pod: &ServedPod, mut app: TcpStream, key: u64, connection: Connection) {
     let addr = connection.peer;
     let mut upstream = match pod.sockets.connect_outbound(SocketAddr::V4(addr)).await {
         Ok(upstream) => upstream,
@@ -195,7 +195,7 @@ async fn direct(ctx: &EngineContext, pod: &PodProxy, mut app: TcpStream, key: u6
     ctx.observer.closed(key, closed);
 }
 
-fn log_failure(error: &TunnelError, pod: &PodProxy, target: &SocketAddrV4) {
+fn log_failure(error: &TunnelError, pod: &ServedPod, target: &SocketAddrV4) {
     if error.is_denial() {
         tracing::warn!(pod = %pod.workload.key, %target, %error, "tunnel denied");
     } else {

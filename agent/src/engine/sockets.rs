@@ -1,6 +1,6 @@
 //! The one place that creates the engine's sockets: listeners and connections inside a pod's
 //! network namespace, marked so the capture hook lets them through, or transparent (bound to
-//! the client's address). Proxy code asks for what it needs and never touches setns or marks.
+//! the client's address). The engine asks for what it needs and never touches setns or marks.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
