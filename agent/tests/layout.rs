@@ -1,9 +1,10 @@
 //! The house rules of `agent/src`, checked on the source: every file is a module of the crate
-//! (a test file nobody declares is a test that never runs), and the stages import one way:
-//! a module takes from its own stage and the stages before it, never from a later one.
+//! (a test file nobody declares is a test that never runs); the stages import one way, each
+//! taking from its own stage and the stages before it, never from a later one; and inside a
+//! stage, no two modules import each other, however indirectly.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
 };
@@ -26,6 +27,9 @@ const STAGES: &[&str] = &[
     "cli",
 ];
 
+/// A module's path from the crate root, e.g. `["report", "flows", "sink"]`.
+type ModulePath = Vec<String>;
+
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -47,74 +51,166 @@ fn source_files() -> Vec<(PathBuf, PathBuf)> {
     files.into_iter().map(|file| (file.strip_prefix(src()).unwrap().to_path_buf(), file)).collect()
 }
 
+/// The module a file is: `report/flows/sink.rs` → `report::flows::sink`, `report/mod.rs` →
+/// `report`, `lib.rs` → the root.
+fn module_of(relative: &Path) -> ModulePath {
+    let mut path: ModulePath =
+        relative.with_extension("").iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    if path.last().is_some_and(|last| last == "mod" || last == "lib" || last == "main") {
+        path.pop();
+    }
+    path
+}
+
 /// The code of a file without its comments (line comments; doc comments are line comments).
 fn code(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap();
     text.lines().map(|line| line.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
 }
 
-/// The top-level modules a file names through `crate::…` paths, grouped imports included.
-fn crate_references(code: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // `crate::{a::x, b, c::{y, z}}`: the first segment of each item at depth 0.
-            let mut depth = 0;
-            let mut item_start = true;
-            for (i, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => {
-                        rest = &group[i..];
-                        break;
-                    }
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => item_start = true,
-                    c if item_start && (c.is_ascii_alphabetic() || c == '_') => {
-                        let name: String = group[i..]
-                            .chars()
-                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                            .collect();
-                        found.insert(name);
-                        item_start = false;
-                    }
-                    _ => {}
+fn identifier(s: &str) -> &str {
+    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Reads a path (or a use tree: `a::{b, c::{d, e}}`) after `prefix`, adding each full path to
+/// `out`. Returns the rest of the text.
+fn use_tree<'a>(mut s: &'a str, mut prefix: ModulePath, out: &mut Vec<ModulePath>) -> &'a str {
+    loop {
+        s = s.trim_start();
+        if let Some(group) = s.strip_prefix('{') {
+            s = group;
+            loop {
+                s = s.trim_start();
+                if let Some(rest) = s.strip_prefix('}') {
+                    return rest;
                 }
+                let rest = use_tree(s, prefix.clone(), out);
+                // Whatever the tree does not read (a glob, `as x`) is skipped up to the next item.
+                let skip = rest.find([',', '}']).unwrap_or(rest.len());
+                s = rest[skip..].strip_prefix(',').unwrap_or(&rest[skip..]);
             }
-        } else {
-            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            found.insert(name);
+        }
+        let name = identifier(s);
+        if name.is_empty() || name == "self" {
+            // `a::*`, `a::{self, …}` or the end of the path.
+            out.push(prefix);
+            return s.strip_prefix('*').unwrap_or(&s[name.len()..]);
+        }
+        prefix.push(name.to_string());
+        s = &s[name.len()..];
+        match s.trim_start().strip_prefix("::") {
+            Some(rest) => s = rest,
+            None => {
+                out.push(prefix);
+                return s;
+            }
         }
     }
-    found
+}
+
+/// Every path a file names from `crate::`, `super::` or `self::`, resolved from the crate root
+/// (items included: `["cluster", "model", "Workload"]`).
+fn references(module: &[String], code: &str) -> Vec<ModulePath> {
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("::") {
+        let before = &code[..at];
+        let word_start =
+            before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+        // Only the first segment of a path: `crate`, `super` or `self` not itself after `::`.
+        if before[..word_start].ends_with("::") {
+            continue;
+        }
+        let mut prefix: ModulePath = match &before[word_start..] {
+            "crate" => Vec::new(),
+            "self" => module.to_vec(),
+            "super" => module[..module.len().saturating_sub(1)].to_vec(),
+            _ => continue,
+        };
+        let mut rest = &code[at + 2..];
+        while let Some(more) = rest.strip_prefix("super::") {
+            prefix.pop();
+            rest = more;
+        }
+        use_tree(rest, prefix, &mut out);
+    }
+    out
 }
 
 #[test]
 fn stages_import_only_from_earlier_stages() {
     let mut backwards = Vec::new();
     for (relative, file) in &source_files() {
-        let Some(stage) = relative.components().next().and_then(|c| c.as_os_str().to_str()) else { continue };
-        let stage = stage.trim_end_matches(".rs");
-        let Some(rank) = STAGES.iter().position(|s| *s == stage) else {
-            assert!(
-                ["lib", "main"].contains(&stage),
-                "{}: a top-level module missing from STAGES",
-                relative.display()
-            );
-            continue;
+        let module = module_of(relative);
+        let Some(stage) = module.first() else { continue };
+        let Some(rank) = STAGES.iter().position(|s| s == stage) else {
+            panic!("{}: the top-level module {stage} is missing from STAGES", relative.display());
         };
-        for name in crate_references(&code(file)) {
-            let Some(theirs) = STAGES.iter().position(|s| *s == name) else {
-                panic!("{}: crate::{name} is not a stage", relative.display());
+        for path in references(&module, &code(file)) {
+            let Some(theirs) = path.first() else { continue };
+            let Some(their_rank) = STAGES.iter().position(|s| s == theirs) else {
+                panic!("{}: crate::{theirs} is not a stage", relative.display());
             };
-            if theirs > rank {
-                backwards.push(format!("{}: {stage} imports the later stage {name}", relative.display()));
+            if their_rank > rank {
+                backwards.push(format!("{}: {stage} imports the later stage {theirs}", relative.display()));
             }
         }
     }
+    backwards.dedup();
     assert!(backwards.is_empty(), "imports from later stages:\n{}", backwards.join("\n"));
+}
+
+#[test]
+fn sibling_modules_do_not_import_each_other_in_a_circle() {
+    let files = source_files();
+    let modules: BTreeSet<ModulePath> = files.iter().map(|(relative, _)| module_of(relative)).collect();
+    // Under each parent module, which child imports which (through any of its files). Tests and
+    // their fixtures are left out: a writer's test that reads the log back with the verifier is a
+    // round trip, not a dependency of the writer on the verifier.
+    let mut edges: BTreeMap<ModulePath, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (relative, file) in &files {
+        let module = module_of(relative);
+        if module.last().is_some_and(|m| m == "tests" || m == "fixtures") {
+            continue;
+        }
+        for path in references(&module, &code(file)) {
+            let common = module.iter().zip(&path).take_while(|(a, b)| a == b).count();
+            if common >= module.len() || common >= path.len() {
+                continue; // into itself, a descendant or an ancestor
+            }
+            let target = path[..=common].to_vec();
+            if !modules.contains(&target) {
+                continue; // an item of the common parent, not a sibling module
+            }
+            let parent = module[..common].to_vec();
+            edges
+                .entry(parent)
+                .or_default()
+                .entry(module[common].clone())
+                .or_default()
+                .insert(target[common].clone());
+        }
+    }
+    let mut circles = Vec::new();
+    for (parent, graph) in &edges {
+        for start in graph.keys() {
+            // Depth-first from `start`: a path that comes back to it is a circle.
+            let mut stack = vec![vec![start.clone()]];
+            while let Some(walk) = stack.pop() {
+                let last = walk.last().unwrap();
+                for next in graph.get(last).into_iter().flatten() {
+                    if next == start {
+                        circles.push(format!("{}: {} → {start}", parent.join("::"), walk.join(" → ")));
+                    } else if !walk.contains(next) && next > start {
+                        let mut longer = walk.clone();
+                        longer.push(next.clone());
+                        stack.push(longer);
+                    }
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "modules that import each other:\n{}", circles.join("\n"));
 }
 
 #[test]
