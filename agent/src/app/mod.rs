@@ -28,7 +28,7 @@ use crate::{
         limits::{LimitCounters, Limiter},
     },
     identity::Identities,
-    kernel::{Counters, Datapath, EventReader, Guards, KernelMaps},
+    kernel::{Counters, Datapath, EventReader, Guards, KernelMaps, OrigDstMap},
     report::{
         audit::{AuditLog, AuditSink, NodeKey},
         flows::{FlowObserver, FlowSink, FlowTable, KernelFlows},
@@ -100,7 +100,7 @@ pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
 /// What the kernel side hands the rest of the agent, besides the datapath itself.
 struct KernelHandles {
-    orig_dst: crate::kernel::OrigDstMap,
+    orig_dst: OrigDstMap,
     counters: Counters,
     events: EventReader,
 }
