@@ -19,6 +19,8 @@ pub mod maps {
     pub const STRICT_EXEMPT: &str = "STRICT_EXEMPT";
     pub const POD_SOURCES: &str = "POD_SOURCES";
     pub const FLOW_STARTS: &str = "FLOW_STARTS";
+    pub const POD_INITIATED: &str = "POD_INITIATED";
+    pub const POD_IFACES: &str = "POD_IFACES";
     /// Every map, all pinned per node by the agent.
     pub const ALL: &[&str] = &[
         ENROLLED,
@@ -32,6 +34,8 @@ pub mod maps {
         STRICT_EXEMPT,
         POD_SOURCES,
         FLOW_STARTS,
+        POD_INITIATED,
+        POD_IFACES,
     ];
 }
 
@@ -56,6 +60,9 @@ pub mod programs {
     pub const CONNECT4: &str = "lockmesh_connect4";
     pub const GETPEERNAME4: &str = "lockmesh_getpeername4";
     pub const GETSOCKNAME4: &str = "lockmesh_getsockname4";
+    pub const CONNECT6: &str = "lockmesh_connect6";
+    pub const GETPEERNAME6: &str = "lockmesh_getpeername6";
+    pub const GETSOCKNAME6: &str = "lockmesh_getsockname6";
     pub const STRICT: &str = "lockmesh_strict";
     pub const ANTISPOOF: &str = "lockmesh_antispoof";
 }
@@ -104,10 +111,27 @@ pub struct StrictKey {
 
 /// Value of the `STRICT` map.
 pub mod strict {
-    /// Plaintext SYNs from outside the pod are answered with a RST.
+    /// Plaintext from outside the pod is refused: a SYN is answered with a RST, any other
+    /// segment of a connection the pod did not open resets both ends.
     pub const RESET: u32 = 1;
     /// Plaintext allowed on this port although the pod's default (port 0) is `RESET`.
     pub const ALLOW: u32 = 2;
+    /// On port 0 only: the pod's default is plaintext but some of its ports are `RESET`, so
+    /// what cannot be checked per port (IP fragments, unparsable headers) is refused.
+    pub const SOME: u32 = 3;
+}
+
+/// Why the STRICT guard refused a packet (`FlowEvent::reason` of a `RESET` event).
+pub mod refusal {
+    /// A plaintext SYN: answered with a RST.
+    pub const SYN: u32 = 1;
+    /// A segment of a connection whose SYN never passed the guard (one opened before the port
+    /// became STRICT, or completed with a replayed SYN cookie): both ends reset.
+    pub const SEGMENT: u32 = 2;
+    /// An IP fragment of TCP to a pod with STRICT ports: its ports cannot be checked; dropped.
+    pub const FRAGMENT: u32 = 3;
+    /// A TCP/IP header that cannot be fully parsed (truncated, IPv6 extension headers): dropped.
+    pub const UNPARSED: u32 = 4;
 }
 
 /// Key of the `STRICT_EXEMPT` map: plaintext from `src_ip4` to `port` of the pod `dst_ip4` is let
@@ -134,6 +158,30 @@ pub struct SourceKey {
     pub ifindex: u32,
     /// Network byte order.
     pub ip4: u32,
+}
+
+/// Key of `POD_INITIATED`: a TCP connection an enrolled pod opened (or the engine opened from
+/// inside it), by its pod-side and peer-side address and port. IPv4 addresses are stored
+/// IPv4-mapped (`::ffff:a.b.c.d`), as an `AF_INET6` socket shows them; words in network byte
+/// order. The STRICT guard lets this connection's replies through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnKey {
+    pub pod_ip: [u32; 4],
+    pub peer_ip: [u32; 4],
+    pub pod_port: u16,
+    pub peer_port: u16,
+}
+
+/// Third word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`) as it lies in memory.
+pub const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+impl ConnKey {
+    /// An IPv4 address (network byte order) as the IPv4-mapped words the key holds.
+    #[inline(always)]
+    pub const fn mapped(ip4: u32) -> [u32; 4] {
+        [0, 0, MAPPED_PREFIX_WORD, ip4]
+    }
 }
 
 /// A captured connection's original destination.
@@ -163,8 +211,8 @@ pub mod event_kind {
     pub const OPEN: u32 = 1;
     /// A TCP connection of an enrolled pod closed; byte counters are final.
     pub const CLOSE: u32 = 2;
-    /// A plaintext SYN to a STRICT port was answered with a RST (no socket: the cookies are 0,
-    /// `local` is the pod, `remote` the client).
+    /// The STRICT guard refused plaintext to a pod (no socket: the cookies are 0, `local` is
+    /// the pod, `remote` the client, `reason` says what was refused and how).
     pub const RESET: u32 = 3;
 }
 
@@ -191,7 +239,8 @@ pub struct FlowEvent {
     pub remote_ip4: u32,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad: u32,
+    /// On RESET: why (see [`refusal`]).
+    pub reason: u32,
     /// Payload bytes this socket sent and the peer acknowledged (final on CLOSE; the FIN, which
     /// the kernel counts as a byte, is not included).
     pub bytes_sent: u64,
@@ -200,6 +249,9 @@ pub struct FlowEvent {
     /// On CLOSE: when the connection was established (`bpf_ktime_get_ns`), with its `role`, so
     /// that a close whose open went to a previous agent still makes a whole record (0: unknown).
     pub start_ns: u64,
+    /// On RESET of IPv6: the client's IPv6 address (network byte order words; zero for IPv4,
+    /// `remote_ip4` holds it then). `local_ip4` is the pod's IPv4 address either way.
+    pub remote_ip6: [u32; 4],
 }
 
 /// When a tracked connection was established and from which side (value of `FLOW_STARTS`, by
@@ -222,16 +274,22 @@ pub mod counter {
     pub const FLOWS_CLOSED: u32 = 2;
     /// Connections steered into the engine.
     pub const CAPTURED: u32 = 3;
-    /// Plaintext SYNs to STRICT ports answered with a RST.
+    /// Plaintext SYNs and segments to STRICT ports answered with a RST.
     pub const STRICT_RESETS: u32 = 4;
     /// Packets an enrolled pod sent from an IPv4 address not its own (or VLAN-tagged), dropped.
     pub const SPOOF_DROPS: u32 = 5;
+    /// Packets to STRICT pods dropped because they could not be checked (fragments, unparsable
+    /// headers).
+    pub const STRICT_DROPS: u32 = 6;
+    /// IPv6 connects of enrolled pods refused (the engine does not tunnel IPv6 yet).
+    pub const IPV6_REFUSED: u32 = 7;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
 pub mod tcp_state {
+    pub const SYN_SENT: u32 = 2;
     pub const FIN_WAIT2: u32 = 5;
     pub const CLOSE: u32 = 7;
     pub const CLOSE_WAIT: u32 = 8;
@@ -260,4 +318,6 @@ mod user {
     unsafe impl aya::Pod for super::ExemptKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnKey {}
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lockmesh_common::{
-    CaptureKey, EnrolledPod, ExemptKey, FlowStart, OrigDst, PortKey, SourceKey, StrictKey, counter,
+    CaptureKey, ConnKey, EnrolledPod, ExemptKey, FlowStart, OrigDst, PortKey, SourceKey, StrictKey, counter,
 };
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
@@ -56,6 +56,17 @@ pub static STRICT_EXEMPT: HashMap<ExemptKey, u32> = HashMap::with_max_entries(40
 /// Addresses each enrolled pod may send from, by its host-side interface (anti-spoofing).
 #[map(name = "POD_SOURCES")]
 pub static POD_SOURCES: HashMap<SourceKey, u32> = HashMap::with_max_entries(8192, 0);
+
+/// Connections enrolled pods opened (sock_ops at connect; the agent adds those that were open
+/// before the pod was enrolled), whose replies the STRICT guard lets in. Deleted at close; LRU
+/// so that a close never seen cannot fill it.
+#[map(name = "POD_INITIATED")]
+pub static POD_INITIATED: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Each guarded pod's IPv4 address by its host-side interface: the STRICT guard finds the pod's
+/// policy for IPv6 packets, whose addresses the agent does not know, through it.
+#[map(name = "POD_IFACES")]
+pub static POD_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]

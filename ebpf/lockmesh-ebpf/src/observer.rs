@@ -12,9 +12,13 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use lockmesh_common::{FlowEvent, FlowStart, PortKey, counter, engine, event_kind, role, tcp_state};
+use lockmesh_common::{
+    ConnKey, FlowEvent, FlowStart, MAPPED_PREFIX_WORD, PortKey, counter, engine, event_kind, role, tcp_state,
+};
 
-use crate::maps::{FIN_WAIT2_RCV_NXT, FLOW_EVENTS, FLOW_STARTS, ORIG_DST, ORIG_DST_BY_PORT, count, enrolled};
+use crate::maps::{
+    FIN_WAIT2_RCV_NXT, FLOW_EVENTS, FLOW_STARTS, ORIG_DST, ORIG_DST_BY_PORT, POD_INITIATED, count, enrolled,
+};
 
 /// Reads a context field with a load of its own: clang would otherwise merge loads of
 /// neighbouring fields into a computed-offset access the verifier rejects ("dereference of
@@ -103,10 +107,11 @@ fn event(ctx: &SockOpsContext, kind: u32, role: u32, local: u32, remote: u32) ->
         local_port: ctx_field!(ctx, local_port) as u16,
         // remote_port holds the network-order port in its upper 16 bits.
         remote_port: u32::from_be(ctx_field!(ctx, remote_port)) as u16,
-        _pad: 0,
+        reason: 0,
         bytes_sent: 0,
         bytes_received: 0,
         start_ns: 0,
+        remote_ip6: [0; 4],
     }
 }
 
@@ -165,20 +170,70 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
     emit(&open);
 }
 
-/// A connect about to send its SYN. If the capture hook steered it (it has an original
-/// destination), ask for its state callbacks now rather than once established: its close is
-/// only wanted to forget the original destination (`on_close`), and a connect that never
-/// establishes (refused while no engine runs, timed out) must forget it too. So ORIG_DST holds
-/// live sockets only, and a burst of failed connects cannot make its LRU evict the entry of a
-/// long-lived connection.
+/// A connect about to send its SYN (the source address and port are chosen by now).
+///
+/// In an enrolled pod, remember the connection as the pod's own (`POD_INITIATED`) so that the
+/// STRICT guard lets its replies in, and ask for its state callbacks so it is forgotten at
+/// close. If the capture hook steered it (it has an original destination), its close is also
+/// wanted to forget that destination (`on_close`); a connect that never establishes (refused
+/// while no engine runs, timed out) must forget it too. So ORIG_DST holds live sockets only,
+/// and a burst of failed connects cannot make its LRU evict the entry of a long-lived connection.
 fn on_connect(ctx: &SockOpsContext) {
-    // SAFETY: valid context pointer for this helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    let ptr = ctx.ops as *mut c_void;
+    // SAFETY: valid context pointer for these helpers.
+    let cookie = unsafe { bpf_get_socket_cookie(ptr) };
     // SAFETY: only tests presence.
-    if unsafe { ORIG_DST.get(&cookie) }.is_some() {
+    let captured = unsafe { ORIG_DST.get(&cookie) }.is_some();
+    // SAFETY: valid context pointer for this helper.
+    let netns = unsafe { bpf_get_netns_cookie(ptr) };
+    let pod_initiated = match conn_key(ctx) {
+        Some(key) if !captured && enrolled(netns).is_some() => POD_INITIATED.insert(&key, &1, 0).is_ok(),
+        _ => false,
+    };
+    if captured || pod_initiated {
         let _ =
             ctx.set_cb_flags((ctx_field!(ctx, bpf_sock_ops_cb_flags) | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
+}
+
+/// The connection as `POD_INITIATED` keys it, from this (pod-side) socket; `None` for loopback
+/// (never crosses the pod's interface) and other families. Fields are loaded before any
+/// branch, as in `ipv4_endpoints`.
+#[inline(always)]
+fn conn_key(ctx: &SockOpsContext) -> Option<ConnKey> {
+    let family = ctx_field!(ctx, family);
+    let (local4, remote4) = (ctx_field!(ctx, local_ip4), ctx_field!(ctx, remote_ip4));
+    let local6 = [
+        ctx_field!(ctx, local_ip6[0]),
+        ctx_field!(ctx, local_ip6[1]),
+        ctx_field!(ctx, local_ip6[2]),
+        ctx_field!(ctx, local_ip6[3]),
+    ];
+    let remote6 = [
+        ctx_field!(ctx, remote_ip6[0]),
+        ctx_field!(ctx, remote_ip6[1]),
+        ctx_field!(ctx, remote_ip6[2]),
+        ctx_field!(ctx, remote_ip6[3]),
+    ];
+    let pod_port = ctx_field!(ctx, local_port) as u16;
+    // remote_port holds the network-order port in its upper 16 bits.
+    let peer_port = u32::from_be(ctx_field!(ctx, remote_port)) as u16;
+    let (pod_ip, peer_ip) = if family == AF_INET {
+        (ConnKey::mapped(local4), ConnKey::mapped(remote4))
+    } else if family == AF_INET6 {
+        (local6, remote6)
+    } else {
+        return None;
+    };
+    // 127.0.0.0/8 (also IPv4-mapped) and ::1.
+    let loopback = |ip: &[u32; 4]| {
+        (ip[0] == 0 && ip[1] == 0 && ip[2] == MAPPED_PREFIX_WORD && is_loopback(ip[3]))
+            || (ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == u32::from_ne_bytes([0, 0, 0, 1]))
+    };
+    if loopback(&pod_ip) || loopback(&peer_ip) {
+        return None;
+    }
+    Some(ConnKey { pod_ip, peer_ip, pod_port, peer_port })
 }
 
 /// `SO_MARK` of the socket (0 when the context has no full socket).
@@ -228,12 +283,24 @@ fn fins(ctx: &SockOpsContext, old: u32, cookie: u64) -> (u64, u64) {
 fn on_close(ctx: &SockOpsContext, old: u32) {
     // SAFETY: valid context pointer for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    if let Some(key) = conn_key(ctx) {
+        let _ = POD_INITIATED.remove(&key);
+    }
     // A captured connection (the app's end): forget its original destination, report nothing
     // (the engine does). Even if its pod was unenrolled meanwhile.
     // SAFETY: only tests presence; nothing is read through the pointer.
     if unsafe { ORIG_DST.get(&cookie) }.is_some() {
         let _ = ORIG_DST.remove(&cookie);
         let _ = FIN_WAIT2_RCV_NXT.remove(&cookie);
+        return;
+    }
+    // A connect that never got established, or one of the engine's own sockets (their state
+    // callbacks were asked for by `on_connect`): nothing was reported open, nothing to close.
+    if old == tcp_state::SYN_SENT {
+        return;
+    }
+    let mark = socket_mark(ctx);
+    if mark == engine::MARK_OUTBOUND || mark == engine::MARK_INBOUND {
         return;
     }
     // SAFETY: valid context pointer for this helper.
