@@ -183,10 +183,14 @@ fn strict_entries(
 ) {
     let modes = policy::workload_mtls(state, mesh, workload);
     let default_strict = modes.default.mode == MtlsMode::Strict;
+    let some_port_strict = modes.ports.values().any(|resolved| resolved.mode == MtlsMode::Strict);
     for ip in &workload.addresses {
         let ip4 = u32::from(*ip).to_be();
         if default_strict {
             out.insert(StrictKey { ip4, port: 0, _pad: 0 }, strict::RESET);
+        } else if some_port_strict {
+            // What the guard cannot check per port (fragments, unparsable headers) is refused.
+            out.insert(StrictKey { ip4, port: 0, _pad: 0 }, strict::SOME);
         }
         for (&port, resolved) in &modes.ports {
             let port_strict = resolved.mode == MtlsMode::Strict;

@@ -1,7 +1,7 @@
 //! The per-pod programs: the STRICT guard (TC egress of the host side of an enrolled pod's
 //! interface, where traffic towards the pod can be checked before the pod can touch it) and the
 //! anti-spoofing guard (TC ingress of the same interface), kept on every enrolled pod.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{
     Datapath,
@@ -61,13 +61,14 @@ impl Guards {
     /// Keeps the anti-spoofing guard on the interface of every pod the STRICT guard found:
     /// first the allowed sources, then the program (which drops whatever is not listed). A pod
     /// whose sources did not fit in `POD_SOURCES` gets no new guard: it would drop all of the
-    /// pod's traffic (logged, counted, retried). Returns `POD_SOURCES`' problem.
+    /// pod's traffic (logged, counted, retried). Also tells the STRICT guard which pod is behind
+    /// each interface (`POD_IFACES`, for IPv6). Returns the two maps' problems.
     pub(crate) fn guard_sources(
         &self,
         datapath: &mut Datapath,
         maps: &mut KernelMaps,
         enrolment: &Enrolment,
-    ) -> MapProblem {
+    ) -> Vec<MapProblem> {
         let mut interfaces = Vec::new();
         for pod in enrolment.pods() {
             let Some((_, interface)) = self.by_pod.get(&pod.workload.key) else { continue };
@@ -85,6 +86,11 @@ impl Guards {
         let sources = pod_sources(interfaces.iter().map(|(ifindex, _, _, addrs)| (*ifindex, *addrs)));
         let pods: HashMap<u32, String> = interfaces.iter().map(|(i, _, pod, _)| (*i, pod.clone())).collect();
         let (problem, incomplete) = maps.sync_pod_sources(&sources, &pods);
+        let ifaces: BTreeMap<u32, u32> = interfaces
+            .iter()
+            .filter_map(|(ifindex, _, _, addrs)| addrs.first().map(|ip| (*ifindex, u32::from(*ip).to_be())))
+            .collect();
+        let ifaces_problem = maps.sync_pod_ifaces(&ifaces, &pods);
         for (ifindex, interface, _, _) in &interfaces {
             if incomplete.contains(ifindex) {
                 continue;
@@ -94,6 +100,6 @@ impl Guards {
                 tracing::error!(%interface, error = %format!("{e:#}"), "cannot attach the anti-spoofing guard");
             }
         }
-        problem
+        vec![problem, ifaces_problem]
     }
 }

@@ -228,6 +228,10 @@ impl Datapath {
         SyncedMap::take(&mut self.ebpf, name, self.stats.clone())
     }
 
+    pub(super) fn pod_initiated(&mut self) -> anyhow::Result<super::initiated::PodInitiated> {
+        super::initiated::PodInitiated::take(&mut self.ebpf)
+    }
+
     pub(crate) fn orig_dst_map(&mut self) -> anyhow::Result<OrigDstMap> {
         OrigDstMap::take(&mut self.ebpf)
     }
@@ -316,7 +320,8 @@ fn load_object(options: &DatapathOptions, maps_dir: &Path) -> anyhow::Result<Ebp
 /// A program attached to the cgroup, with its link (to pin).
 type CgroupLink = (&'static str, u32, FdLink);
 
-/// Verifies and attaches the cgroup programs (sock_ops, connect4, getpeername4, getsockname4).
+/// Verifies and attaches the cgroup programs (sock_ops, connect4/6, getpeername4/6,
+/// getsockname4/6).
 fn attach_cgroup_programs(
     ebpf: &mut Ebpf,
     cgroup: &Path,
@@ -335,7 +340,14 @@ fn attach_cgroup_programs(
         links.push((prog_names::SOCK_OPS, prog_id, link));
         programs.push(ProgramRef { name: prog_names::SOCK_OPS.to_string(), id: prog_id });
     }
-    for name in [prog_names::CONNECT4, prog_names::GETPEERNAME4, prog_names::GETSOCKNAME4] {
+    for name in [
+        prog_names::CONNECT4,
+        prog_names::GETPEERNAME4,
+        prog_names::GETSOCKNAME4,
+        prog_names::CONNECT6,
+        prog_names::GETPEERNAME6,
+        prog_names::GETSOCKNAME6,
+    ] {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
         prog.load().with_context(|| format!("verifying {name}"))?;
         let id =
@@ -366,8 +378,9 @@ const LINKS_DIR: &str = "links";
 /// Version of the maps' layout (their key and value types, the counters); bump it when they
 /// change. 2: `POD_SOURCES`, the `SPOOF_DROPS` counter, and `ExemptKey` gained the destination
 /// pod (probe exemptions are per pod). 3: `FLOW_STARTS`, and CLOSE events carry `start_ns` and
-/// the role.
-const MAP_LAYOUT: u32 = 3;
+/// the role. 4: `POD_INITIATED`, `POD_IFACES`, the `STRICT_DROPS` and `IPV6_REFUSED` counters,
+/// and events carry the refusal reason and an IPv6 client.
+const MAP_LAYOUT: u32 = 4;
 const GUARD_PREFIX: &str = "strict-";
 const ANTISPOOF_PREFIX: &str = "antispoof-";
 /// Links on pod interfaces: kept until this agent guards the interface again.

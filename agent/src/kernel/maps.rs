@@ -35,6 +35,8 @@ pub(super) type StrictMap = SyncedMap<StrictKey, u32>;
 pub(super) type ExemptMap = SyncedMap<ExemptKey, u32>;
 /// Addresses each enrolled pod may send from (anti-spoofing).
 pub(super) type PodSourcesMap = SyncedMap<SourceKey, u32>;
+/// Each guarded pod's IPv4 address by its host-side interface index (IPv6 STRICT).
+pub(super) type PodIfacesMap = SyncedMap<u32, u32>;
 
 /// A write (an insert or a removal) the kernel refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +213,8 @@ pub(crate) struct CounterValues {
     pub captured: u64,
     pub strict_resets: u64,
     pub spoof_drops: u64,
+    pub strict_drops: u64,
+    pub ipv6_refused: u64,
 }
 
 impl Counters {
@@ -230,6 +234,8 @@ impl Counters {
             captured: sum(counter::CAPTURED)?,
             strict_resets: sum(counter::STRICT_RESETS)?,
             spoof_drops: sum(counter::SPOOF_DROPS)?,
+            strict_drops: sum(counter::STRICT_DROPS)?,
+            ipv6_refused: sum(counter::IPV6_REFUSED)?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! and arrive here as map contents.
 mod events;
 mod guards;
+mod initiated;
 mod loader;
 mod maps;
 mod stats;
@@ -47,6 +48,8 @@ pub(crate) const RESIZABLE_MAPS: &[&str] = &[
     map_names::ORIG_DST_BY_PORT,
     map_names::FIN_WAIT2_RCV_NXT,
     map_names::FLOW_STARTS,
+    map_names::POD_INITIATED,
+    map_names::POD_IFACES,
 ];
 
 /// The flag that sets a map's capacity, for messages.

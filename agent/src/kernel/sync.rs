@@ -7,7 +7,10 @@ use lockmesh_common::{SourceKey, maps as map_names};
 
 use super::{
     Datapath,
-    maps::{CaptureMap, EnrolledMap, ExemptMap, PodSourcesMap, StrictMap, SyncOutcome, SyncedMap},
+    initiated::PodInitiated,
+    maps::{
+        CaptureMap, EnrolledMap, ExemptMap, PodIfacesMap, PodSourcesMap, StrictMap, SyncOutcome, SyncedMap,
+    },
 };
 use crate::desired::{
     enrolment::Enrolment,
@@ -24,6 +27,8 @@ pub(crate) struct KernelMaps {
     strict: StrictMap,
     exempt: ExemptMap,
     pod_sources: PodSourcesMap,
+    pod_ifaces: PodIfacesMap,
+    pod_initiated: PodInitiated,
 }
 
 impl KernelMaps {
@@ -34,11 +39,14 @@ impl KernelMaps {
             strict: datapath.synced_map(map_names::STRICT)?,
             exempt: datapath.synced_map(map_names::STRICT_EXEMPT)?,
             pod_sources: datapath.synced_map(map_names::POD_SOURCES)?,
+            pod_ifaces: datapath.synced_map(map_names::POD_IFACES)?,
+            pod_initiated: datapath.pod_initiated()?,
         })
     }
 
     /// Makes `ENROLLED`, `CAPTURE`, `STRICT` and `STRICT_EXEMPT` hold `desired`, as far as they
-    /// fit; returns each map's problem. `enrolment` and `classes` name what is left out.
+    /// fit (and records newly enrolled pods' open connections in `POD_INITIATED` before
+    /// `STRICT` changes); returns each map's problem. `enrolment` and `classes` name what is left out.
     pub(crate) fn sync_all(
         &mut self,
         desired: &KernelState,
@@ -64,6 +72,14 @@ impl KernelMaps {
             "these pods' connections are neither steered into the engine nor observed",
             |cookie| pods.get(cookie).cloned().unwrap_or_else(|| format!("netns {cookie}")),
         )];
+        // Before STRICT: the guard must know the connections newly enrolled pods already opened.
+        let seeded = self.pod_initiated.seed(enrolment.pods().map(|p| p.netns.as_ref()));
+        if seeded > 0 {
+            tracing::info!(
+                connections = seeded,
+                "recorded the open outbound connections of newly enrolled pods"
+            );
+        }
         let capture = self.capture.sync(&desired.capture);
         problems.push(report_failures(
             &mut self.capture,
@@ -120,6 +136,22 @@ impl KernelMaps {
         );
         let incomplete = outcome.failed.iter().map(|(k, _)| k.ifindex).collect();
         (problem, incomplete)
+    }
+
+    /// Makes `POD_IFACES` hold `desired` (interface index → the pod's IPv4 address, network
+    /// order); `pods` names each interface's pod. Returns the map's problem.
+    pub(crate) fn sync_pod_ifaces(
+        &mut self,
+        desired: &BTreeMap<u32, u32>,
+        pods: &HashMap<u32, String>,
+    ) -> MapProblem {
+        let outcome = self.pod_ifaces.sync(desired);
+        report_failures(
+            &mut self.pod_ifaces,
+            &outcome,
+            "STRICT is not enforced on IPv6 for these pods",
+            |ifindex| pods.get(ifindex).cloned().unwrap_or_else(|| format!("interface {ifindex}")),
+        )
     }
 }
 

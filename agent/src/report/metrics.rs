@@ -106,6 +106,8 @@ pub(crate) struct Metrics {
     evicted: Family<EvictedLabels, Counter>,
     kernel_drops: Counter,
     spoof_drops: Counter,
+    strict_drops: Counter,
+    ipv6_refused: Counter,
     kernel_received: Counter,
     cert_expiry: Family<IdentityLabels, Gauge>,
     map_entries: Family<MapLabels, Gauge>,
@@ -167,6 +169,16 @@ impl Metrics {
             "lockmesh_spoofed_packets_dropped",
             "Packets an enrolled pod sent from an IPv4 address not its own (or VLAN-tagged), dropped in the kernel",
             metrics.spoof_drops.clone(),
+        );
+        r.register(
+            "lockmesh_strict_packets_dropped",
+            "Packets to pods with STRICT ports dropped in the kernel because they could not be checked (IP fragments, unparsable headers)",
+            metrics.strict_drops.clone(),
+        );
+        r.register(
+            "lockmesh_ipv6_connects_refused",
+            "IPv6 connects of enrolled pods refused in the kernel (the engine does not tunnel IPv6: refused rather than sent in clear)",
+            metrics.ipv6_refused.clone(),
         );
         r.register(
             "lockmesh_connections_limited",
@@ -273,6 +285,8 @@ impl Metrics {
         );
         catch_up(&self.kernel_drops, kernel.ring_buffer_drops);
         catch_up(&self.spoof_drops, kernel.spoof_drops);
+        catch_up(&self.strict_drops, kernel.strict_drops);
+        catch_up(&self.ipv6_refused, kernel.ipv6_refused);
         catch_up(&self.kernel_received, kernel_events_received);
         self.cert_expiry.clear();
         for cert in certificates {

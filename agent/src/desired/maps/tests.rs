@@ -76,3 +76,23 @@ fn probe_ports_are_exempt_for_the_node_and_that_pod_only() {
     probe_entries(productpage, &mut none);
     assert!(none.is_empty(), "no probes declared");
 }
+
+#[test]
+fn a_pod_with_only_some_strict_ports_is_marked_so_fragments_to_it_are_refused() {
+    let yaml = BOOKINFO_DETAILS.replace(
+        "mtls: {mode: STRICT}\n  portLevelMtls: {9000: {mode: PERMISSIVE}}",
+        "mtls: {mode: PERMISSIVE}\n  portLevelMtls: {8080: {mode: STRICT}}",
+    );
+    let state = fixtures::state(&yaml);
+    let details = state.workloads.iter().find(|w| w.key.name == "details").unwrap();
+    let mut strict = BTreeMap::new();
+    strict_entries(&state, &MeshParams::default(), details, &mut strict);
+    let key = |port| StrictKey { ip4: ip("10.77.2.2"), port, _pad: 0 };
+    assert_eq!(strict.get(&key(8080)), Some(&strict::RESET));
+    assert_eq!(
+        strict.get(&key(0)),
+        Some(&strict::SOME),
+        "the pod has STRICT ports, its default is plaintext"
+    );
+    assert_eq!(strict.len(), 2);
+}

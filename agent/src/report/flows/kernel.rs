@@ -1,7 +1,7 @@
 //! Turns the kernel observer's open/close events into flow records.
 use std::net::Ipv4Addr;
 
-use lockmesh_common::{FlowEvent, event_kind, role};
+use lockmesh_common::{FlowEvent, event_kind, refusal, role};
 use time::OffsetDateTime;
 
 use super::{
@@ -98,10 +98,18 @@ impl KernelFlows {
         self.sink.recovered(record);
     }
 
-    /// A plaintext SYN the kernel answered with a RST because the port is STRICT.
+    /// Plaintext the kernel's STRICT guard refused: a SYN or a segment answered with a RST, a
+    /// fragment or an unparsable header dropped.
     fn reset(&self, event: &FlowEvent) {
         let pod_ip = Ipv4Addr::from(u32::from_be(event.local_ip4));
         let client_ip = Ipv4Addr::from(u32::from_be(event.remote_ip4));
+        let client_ip6 = (event.remote_ip6 != [0; 4]).then(|| {
+            let mut bytes = [0u8; 16];
+            for (chunk, word) in bytes.chunks_exact_mut(4).zip(event.remote_ip6) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(bytes)
+        });
         let inventory = self.sink.inventory();
         let dst = match inventory.workload_by_ip(pod_ip) {
             Some(pod) => self.sink.local_endpoint(pod, pod_ip, event.local_port),
@@ -113,10 +121,35 @@ impl KernelFlows {
         let key = self.sink.synthetic_key();
         let mut record = self.sink.record(key, at, Reporter::Destination, src, dst, Encryption::Plaintext);
         self.sink.annotate_server(&mut record);
-        record.verdict = Verdict::Reset;
-        record.reason = Some("plaintext connection to a STRICT port: reset in the kernel".into());
+        let (verdict, reason) = refusal_record(event.reason);
+        record.verdict = verdict;
+        record.reason = Some(match client_ip6 {
+            // Flow records hold IPv4 endpoints: the IPv6 client is named in the reason.
+            Some(ip6) => format!("{reason} (IPv6 client [{ip6}]:{})", event.remote_port),
+            None => reason.to_string(),
+        });
         record.close(at, 0, 0);
         self.sink.finished(record);
+    }
+}
+
+/// The verdict and reason of a kernel refusal (`FlowEvent::reason` of a RESET event).
+fn refusal_record(reason: u32) -> (Verdict, &'static str) {
+    match reason {
+        refusal::SEGMENT => (
+            Verdict::Reset,
+            "plaintext segment of a connection whose SYN never passed the STRICT check (opened before \
+             the port became STRICT, or a replayed SYN cookie): both ends reset in the kernel",
+        ),
+        refusal::FRAGMENT => (
+            Verdict::Denied,
+            "IP fragment of TCP to a pod with STRICT ports (its ports cannot be checked): dropped in the kernel",
+        ),
+        refusal::UNPARSED => (
+            Verdict::Denied,
+            "TCP/IP headers that cannot be parsed, to a pod with STRICT ports: dropped in the kernel",
+        ),
+        _ => (Verdict::Reset, "plaintext connection to a STRICT port: reset in the kernel"),
     }
 }
 
