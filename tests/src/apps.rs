@@ -128,6 +128,13 @@ impl Testbed {
         self.start_app(pod, &args, &port.to_string())
     }
 
+    /// The HTTP test server in `pod` on `[::]:<port>`: IPv6 and (IPv4-mapped) IPv4.
+    pub fn serve_dual_stack(&self, pod: &str, port: u16) -> anyhow::Result<App> {
+        let args =
+            ["serve".into(), "--listen".into(), format!("[::]:{port}"), "--name".into(), pod.to_string()];
+        self.start_app(pod, &args, &format!("{port}-dual"))
+    }
+
     /// The half-close echo server in `pod` on `0.0.0.0:<port>`.
     pub fn echo(&self, pod: &str, port: u16) -> anyhow::Result<App> {
         self.start_app(

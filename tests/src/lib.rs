@@ -13,6 +13,7 @@ pub mod hbone;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod raw;
 pub mod testbed;
 
 pub use agent::Agent;

@@ -15,6 +15,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     "ethtool",
+    // The hostile tests' attacker drops its own kernel's RSTs (nft), as a raw-socket attacker would.
+    "nftables",
     // The /graph page's test drives a real headless browser through WebDriver.
     "chromium",
     "chromium-driver",
@@ -200,7 +202,7 @@ pub fn check_fuzz_prerequisites() -> anyhow::Result<()> {
 
 /// Tools the end-to-end tests drive.
 pub fn check_test_prerequisites() -> anyhow::Result<()> {
-    for tool in ["ip", "tcpdump", "curl"] {
+    for tool in ["ip", "tcpdump", "curl", "nft"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
