@@ -63,3 +63,41 @@ fn a_plaintext_connection_open_across_the_switch_to_strict_is_closed() {
         "the pod still holds the connection:\n{sockets}"
     );
 }
+
+/// The other side of per-connection STRICT: a connection the pod itself opened before it was
+/// enrolled (its app was running before the mesh took it) keeps working once STRICT applies —
+/// the agent records it from the pod's socket table before it writes STRICT.
+#[test]
+fn a_connection_the_pod_opened_before_enrolment_survives_strict() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
+    let all = tb.workload_yaml();
+    let without_details: String = all
+        .split("---\n")
+        .filter(|doc| !doc.contains("name: details,") && !doc.contains("name: details\n"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    apply(&config, "workloads.yaml", &without_details);
+    let _agent2 = Agent::start(&tb, "node2", &config, &[]).unwrap();
+    let _details = tb.serve("details", 9080).unwrap();
+    let _echo = tb.stream_echo("outsider", 9000).unwrap();
+    let to = addr(&tb, "outsider", 9000);
+    let mut stream =
+        netns::run_in(&tb.pod("details").netns_path(), move || TcpStream::connect_timeout(&to, WAIT))
+            .unwrap()
+            .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut echoed = [0u8; 5];
+    stream.write_all(b"hello").unwrap();
+    stream.read_exact(&mut echoed).unwrap();
+
+    // details joins the mesh, STRICT on every port.
+    apply(&config, "workloads.yaml", &all);
+    until_strict(&tb, "details", 9080);
+    for round in 0..3 {
+        stream.write_all(b"again").unwrap();
+        stream.read_exact(&mut echoed).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(&echoed, b"again");
+    }
+}
