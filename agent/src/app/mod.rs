@@ -162,7 +162,7 @@ impl Agent {
         self.reload(first, &mut state);
         self.node.apply(&state).await;
         self.readiness.configs_applied.fetch_add(1, Ordering::AcqRel);
-        self.node.datapath.release_inherited_guards();
+        self.node.datapath.release_inherited();
         // Kernel events only now, with the inventory that names them: after a restart the ring
         // holds what the kernel reported while no agent ran, and each of those must become a
         // record.

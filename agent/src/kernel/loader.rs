@@ -42,6 +42,15 @@ pub(crate) struct Datapath {
     source_guarded: std::collections::HashMap<String, PathBuf>,
     /// Links a previous agent pinned, still to be replaced by ours (then released).
     inherited_guards: Vec<PathBuf>,
+    /// A previous agent's datapath of another map layout, kept until our first config is in.
+    previous: PreviousDatapath,
+}
+
+/// The cgroup links and maps of a previous agent whose maps had another layout.
+#[derive(Default)]
+struct PreviousDatapath {
+    cgroup_links: Vec<PathBuf>,
+    maps_dirs: Vec<PathBuf>,
 }
 
 /// A program the agent loaded, as the kernel knows it (for `/readyz` and support).
@@ -91,18 +100,33 @@ impl Datapath {
         }
         let (inherited_guards, inherited_cgroup): (Vec<_>, Vec<_>) =
             inherited.into_iter().partition(|p| is_guard_pin(p));
-        if !inherited_cgroup.is_empty() {
-            tracing::info!(links = inherited_cgroup.len(), "replacing the datapath of the previous agent");
-        }
-        for path in inherited_cgroup {
-            release_link(&path);
-        }
-        // Maps of another layout are used by no program of ours any more.
-        for old in std::fs::read_dir(&options.pin_dir).into_iter().flatten().filter_map(Result::ok) {
-            let name = old.file_name();
-            if name.to_string_lossy().starts_with("maps-") && old.path() != maps_dir {
-                let _ = std::fs::remove_dir_all(old.path());
+        // Maps of another layout: the previous agent's programs still use them.
+        let other_layouts: Vec<PathBuf> = std::fs::read_dir(&options.pin_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("maps-") && e.path() != maps_dir)
+            .map(|e| e.path())
+            .collect();
+        let mut previous = PreviousDatapath::default();
+        if other_layouts.is_empty() {
+            // Same maps: the previous programs and ours steer alike; theirs can go at once.
+            if !inherited_cgroup.is_empty() {
+                tracing::info!(
+                    links = inherited_cgroup.len(),
+                    "replacing the datapath of the previous agent"
+                );
             }
+            inherited_cgroup.iter().for_each(|path| release_link(path));
+        } else {
+            // Our maps are empty until the first config is applied: the previous programs run
+            // first on the cgroup and keep steering (into an engine that is not there yet, so
+            // connections fail closed) until then, instead of letting connections out uncaptured.
+            tracing::info!(
+                links = inherited_cgroup.len(),
+                "another map layout: the previous agent's datapath stays until this agent's first config is applied"
+            );
+            previous = PreviousDatapath { cgroup_links: inherited_cgroup, maps_dirs: other_layouts };
         }
 
         let stats = MapStats::default();
@@ -122,6 +146,7 @@ impl Datapath {
             guarded: Default::default(),
             source_guarded: Default::default(),
             inherited_guards,
+            previous,
         })
     }
 
@@ -197,10 +222,22 @@ impl Datapath {
         }
     }
 
-    /// Releases the previous agent's guards of interfaces that are gone. Others stay until this
-    /// agent guards the interface again; until then they enforce what the (shared) STRICT map
-    /// says, which this agent keeps current.
-    pub(crate) fn release_inherited_guards(&mut self) {
+    /// Called once this agent's maps hold its first config and its guards are on: releases a
+    /// previous agent's datapath of another map layout (its cgroup programs and maps), and the
+    /// previous agent's guards of interfaces that are gone. Other guards stay until this agent
+    /// guards the interface again; until then they enforce what the (shared) STRICT map says,
+    /// which this agent keeps current.
+    pub(crate) fn release_inherited(&mut self) {
+        let previous = std::mem::take(&mut self.previous);
+        if !previous.cgroup_links.is_empty() {
+            tracing::info!(links = previous.cgroup_links.len(), "released the previous agent's datapath");
+        }
+        previous.cgroup_links.iter().for_each(|path| release_link(path));
+        for dir in previous.maps_dirs {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the previous layout's maps");
+            }
+        }
         self.inherited_guards.retain(|path| {
             let ifindex = path
                 .file_name()
