@@ -28,7 +28,7 @@ use crate::{
         limits::{LimitCounters, Limiter},
     },
     identity::Identities,
-    kernel::{Counters, Datapath, EventReader, Guards, KernelMaps, OrigDstMap},
+    kernel::{Counters, Datapath, EventReader, Guards, KernelMaps, OrigDstMap, ProbeSnat},
     report::{
         audit::{AuditLog, AuditSink, NodeKey},
         flows::{FlowObserver, FlowSink, FlowTable, KernelFlows},
@@ -81,6 +81,7 @@ pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
         limiter: engine.limiter(),
         orig_dst_misses: engine.orig_dst_misses(),
     });
+    let probe_snat = options.probe_snat.map(ProbeSnat::new);
     let node = Node {
         maps: KernelMaps::take(&mut datapath)?,
         options,
@@ -89,6 +90,7 @@ pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
         classes: Classes::default(),
         datapath,
         guards: Guards::default(),
+        probe_snat,
         engine,
         identities,
         readiness: readiness.clone(),

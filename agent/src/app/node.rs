@@ -17,7 +17,7 @@ use crate::{
     },
     engine::Engine,
     identity::Identities,
-    kernel::{Datapath, Guards, KernelMaps, MapProblem},
+    kernel::{Datapath, Guards, KernelMaps, MapProblem, ProbeSnat},
 };
 
 /// The node's derived state and the kernel and engine handles it drives.
@@ -29,6 +29,7 @@ pub(super) struct Node {
     pub datapath: Datapath,
     pub maps: KernelMaps,
     pub guards: Guards,
+    pub probe_snat: Option<ProbeSnat>,
     pub engine: Engine,
     pub identities: Arc<Identities>,
     pub readiness: Arc<Readiness>,
@@ -65,7 +66,14 @@ impl Node {
             &self.enrolment,
             &mut self.classes,
             &options.strict_exemptions,
+            options.probe_snat,
         );
+        // The SNAT first: the exemptions it makes work are written next.
+        if let Some(snat) = &mut self.probe_snat
+            && let Err(e) = snat.sync(&kernel.probed)
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot update the kubelet probe SNAT; probes of new pods are reset under STRICT (retried)");
+        }
         let problems = self.maps.sync_all(&kernel, &self.enrolment, &self.classes);
         self.show_map_problems(problems);
         self.guards.guard_pods(&mut self.datapath, &self.enrolment).await;

@@ -33,6 +33,8 @@ pub(crate) struct AgentOptions {
     pub mesh: MeshParams,
     /// Sources allowed to reach STRICT ports in plaintext (health probes).
     pub strict_exemptions: Vec<StrictExemption>,
+    /// The kubelet probes' SNAT address (`None`: probes exempt from the node's address).
+    pub probe_snat: Option<std::net::Ipv4Addr>,
     /// The audit log, if any (its key lives in the identity state dir).
     pub audit: Option<AuditOptions>,
 }

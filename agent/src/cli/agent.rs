@@ -8,7 +8,7 @@ use std::{
 use anyhow::bail;
 use clap::Args;
 
-use super::parse::{parse_duration, parse_exemption, parse_map_entries};
+use super::parse::{ProbeSnatAddress, parse_duration, parse_exemption, parse_map_entries, parse_probe_snat};
 use crate::{
     app::{self, AgentOptions},
     cluster::{SourceOptions, kube::KubeOptions},
@@ -143,6 +143,14 @@ pub struct AgentArgs {
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_exemption)]
     pub strict_exempt: Vec<StrictExemption>,
 
+    /// Kubelet probes: connections this node opens to a pod's probe port are SNATed to this
+    /// link-local address (nftables table `ip lockmesh`), and only it is exempt from STRICT, so
+    /// traffic the node merely forwards (NodePort, hostPort: DNAT + MASQUERADE) never is. Istio
+    /// ambient uses the same address. `off`: exempt the node's own address instead (what the
+    /// node forwards with that source then passes STRICT on probe ports too).
+    #[arg(long, value_name = "IP|off", default_value = "169.254.7.127", value_parser = parse_probe_snat)]
+    pub probe_snat: ProbeSnatAddress,
+
     /// HTTP/2 streams multiplexed on one HBONE connection before another is opened.
     #[arg(long, default_value_t = DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
@@ -216,6 +224,7 @@ pub struct AgentArgs {
 /// Runs the agent until SIGTERM, or removes what a killed one left (`--cleanup`).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.cleanup {
+        kernel::remove_probe_snat()?;
         return kernel::remove_pins(&args.pin_dir());
     }
     app::run(args.options()?).await
@@ -239,6 +248,7 @@ impl AgentArgs {
             hbone_max_streams: self.hbone_max_streams,
             hbone_max_connections: self.hbone_max_connections as usize,
             strict_exemptions: self.strict_exempt,
+            probe_snat: self.probe_snat.0,
         })
     }
 

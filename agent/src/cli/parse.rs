@@ -52,3 +52,16 @@ pub(super) fn parse_map_entries(text: &str) -> Result<(String, u32), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// `--probe-snat`: an IPv4 address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSnatAddress(pub Option<std::net::Ipv4Addr>);
+
+pub(super) fn parse_probe_snat(text: &str) -> Result<ProbeSnatAddress, String> {
+    if text == "off" {
+        return Ok(ProbeSnatAddress(None));
+    }
+    text.parse().map(|ip| ProbeSnatAddress(Some(ip))).map_err(|_| {
+        format!("{text:?}: expected an IPv4 address (Istio ambient uses 169.254.7.127) or `off`")
+    })
+}

@@ -62,6 +62,8 @@ pub(crate) struct KernelState {
     pub capture: BTreeMap<CaptureKey, u32>,
     pub strict: BTreeMap<StrictKey, u32>,
     pub exempt: BTreeMap<ExemptKey, u32>,
+    /// Probed (pod address, port) pairs: what the node's probe SNAT covers.
+    pub probed: BTreeSet<(Ipv4Addr, u16)>,
 }
 
 pub(crate) fn kernel_state(
@@ -70,6 +72,7 @@ pub(crate) fn kernel_state(
     enrolment: &Enrolment,
     classes: &mut Classes,
     exemptions: &[StrictExemption],
+    probe_snat: Option<Ipv4Addr>,
 ) -> KernelState {
     let mut desired = KernelState::default();
     let in_use: BTreeSet<&str> = enrolment.pods().map(|p| p.workload.key.namespace.as_str()).collect();
@@ -81,7 +84,10 @@ pub(crate) fn kernel_state(
         let ip4 = pod.workload.primary_address().map(|ip| u32::from(ip).to_be()).unwrap_or(0);
         desired.enrolled.insert(pod.netns.cookie(), EnrolledPod { ip4, class });
         strict_entries(state, mesh, &pod.workload, &mut desired.strict);
-        probe_entries(&pod.workload, &mut desired.exempt);
+        probe_entries(&pod.workload, probe_snat, &mut desired.exempt);
+        for probe in &pod.workload.probes {
+            desired.probed.extend(pod.workload.addresses.iter().map(|ip| (*ip, probe.port)));
+        }
     }
     for (class, namespace) in &client_namespaces {
         for workload in &state.workloads {
@@ -158,12 +164,13 @@ fn capture_entries(
     }
 }
 
-/// Exemptions of an enrolled workload's probe ports: from its node's address, to this pod only.
-fn probe_entries(workload: &Workload, out: &mut BTreeMap<ExemptKey, u32>) {
+/// Exemptions of an enrolled workload's probe ports, to this pod only: from the node's probe
+/// SNAT address, or (`--probe-snat off`) from the node's own address.
+fn probe_entries(workload: &Workload, probe_snat: Option<Ipv4Addr>, out: &mut BTreeMap<ExemptKey, u32>) {
     for probe in &workload.probes {
         for ip in &workload.addresses {
             let key = ExemptKey {
-                src_ip4: u32::from(probe.from).to_be(),
+                src_ip4: u32::from(probe_snat.unwrap_or(probe.from)).to_be(),
                 dst_ip4: u32::from(*ip).to_be(),
                 port: probe.port,
                 _pad: 0,

@@ -8,6 +8,7 @@ mod guards;
 mod initiated;
 mod loader;
 mod maps;
+mod probe_snat;
 mod stats;
 mod sync;
 
@@ -18,6 +19,7 @@ pub(crate) use guards::Guards;
 pub(crate) use loader::{Datapath, ProgramRef, is_bpffs, remove_pins};
 use lockmesh_common::maps as map_names;
 pub(crate) use maps::{CounterValues, Counters, OrigDstMap};
+pub(crate) use probe_snat::{ProbeSnat, remove as remove_probe_snat};
 pub(crate) use stats::{MapStat, MapStats};
 pub(crate) use sync::{KernelMaps, MapProblem};
 

@@ -31,6 +31,7 @@ use crate::maps::{FLOW_EVENTS, POD_IFACES, POD_INITIATED, STRICT, STRICT_EXEMPT,
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -202,19 +203,26 @@ fn check6(ctx: &TcContext) -> Result<i32, i64> {
     let Some(pod_ip4) = (unsafe { POD_IFACES.get(&ifindex).copied() }) else {
         return Ok(TC_ACT_OK); // not a guarded pod (yet): nothing is STRICT on it
     };
-    let next_header: u8 = ctx.load(ETH_HLEN + 6)?;
+    let src: [u32; 4] = ctx.load(ETH_HLEN + 8)?;
+    let dst: [u32; 4] = ctx.load(ETH_HLEN + 24)?;
+    let mut next_header: u8 = ctx.load(ETH_HLEN + 6)?;
+    let mut tcp = TCP6_OFF;
+    // Hop-by-hop options come first when present (MLD reports carry one): walked once.
+    if next_header == IPPROTO_HOPOPTS {
+        next_header = ctx.load(tcp)?;
+        let units: u8 = ctx.load(tcp + 1)?;
+        tcp += (units as usize + 1) * 8;
+    }
     if next_header != IPPROTO_TCP {
-        // Neighbour discovery, ICMPv6 and UDP pass; an extension header might hide TCP (a
+        // Neighbour discovery, ICMPv6 and UDP pass; another extension header might hide TCP (a
         // fragment, a routing header): refused for a pod with STRICT ports.
         if matches!(next_header, IPPROTO_ICMPV6 | IPPROTO_UDP | IPPROTO_NONE) || !has_strict_ports(pod_ip4) {
             return Ok(TC_ACT_OK);
         }
-        report(pod_ip4, 0, 0, 0, [0; 4], refusal::UNPARSED);
+        report(pod_ip4, 0, 0, 0, src, refusal::UNPARSED);
         return Err(0);
     }
-    let src: [u32; 4] = ctx.load(ETH_HLEN + 8)?;
-    let dst: [u32; 4] = ctx.load(ETH_HLEN + 24)?;
-    let segment = Segment::read(ctx, TCP6_OFF, src, dst)?;
+    let segment = Segment::read(ctx, tcp, src, dst)?;
     if segment.pod_port == engine::HBONE_PORT
         || segment.flags & RST != 0
         || !is_strict(pod_ip4, segment.pod_port)
@@ -228,8 +236,9 @@ fn check6(ctx: &TcContext) -> Result<i32, i64> {
     let reason = if is_syn { refusal::SYN } else { refusal::SEGMENT };
     report(pod_ip4, segment.pod_port, 0, segment.client_port, src, reason);
     count(counter::STRICT_RESETS);
-    if !is_syn {
-        // No IPv6 connection to a STRICT port was ever let in: nothing in the pod to close.
+    if !is_syn || tcp != TCP6_OFF {
+        // No IPv6 connection to a STRICT port was ever let in: nothing in the pod to close. (A
+        // SYN behind options is not answered, only dropped.)
         return Ok(TC_ACT_SHOT);
     }
     // SAFETY: the context's skb pointer, valid for the program's run.

@@ -9,6 +9,7 @@ mod cookies;
 mod fragments;
 mod ipv6;
 mod live;
+mod probes;
 mod upgrade;
 
 use std::time::{Duration, Instant};

@@ -68,12 +68,12 @@ fn probe_ports_are_exempt_for_the_node_and_that_pod_only() {
     let state = state();
     let details = state.workloads.iter().find(|w| w.key.name == "details").unwrap();
     let mut exempt = BTreeMap::new();
-    probe_entries(details, &mut exempt);
+    probe_entries(details, None, &mut exempt);
     let key = |port| ExemptKey { src_ip4: ip("10.76.0.2"), dst_ip4: ip("10.77.2.2"), port, _pad: 0 };
     assert_eq!(exempt.keys().copied().collect::<Vec<_>>(), [key(8081), key(15020)]);
     let productpage = state.workloads.iter().find(|w| w.key.name == "productpage").unwrap();
     let mut none = BTreeMap::new();
-    probe_entries(productpage, &mut none);
+    probe_entries(productpage, None, &mut none);
     assert!(none.is_empty(), "no probes declared");
 }
 
