@@ -1,0 +1,121 @@
+//! Evidence flushing (issue 15, item 9): an out-of-mesh pod floods a STRICT port with plaintext
+//! SYNs. Each is reset in the kernel and counted; the audit log counts them per source,
+//! destination, port and second, so it grows by a few lines, not one line per SYN, and the
+//! counts it holds add up to the kernel's counter.
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use lockmesh_tests::{Agent, netns};
+use serde_json::Value;
+
+use crate::common::*;
+
+/// How long the outsider floods.
+const FLOOD: Duration = Duration::from_secs(3);
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The resets the audit log counts, and its lines of resets.
+fn counted(path: &Path) -> (u64, usize) {
+    let lines = audit_lines(path);
+    let groups: Vec<&Value> = lines.iter().filter_map(|l| l.get("resets")).collect();
+    (groups.iter().map(|g| g["count"].as_u64().unwrap()).sum(), groups.len())
+}
+
+fn kernel_counter(agent: &Agent, name: &str) -> u64 {
+    let ready: Value = agent.get("/readyz").unwrap().json().unwrap();
+    ready["kernel"][name].as_u64().unwrap_or(0)
+}
+
+/// Connects to `to` from inside `ns` as fast as it can for `FLOOD`; returns the connects that
+/// were refused (each one a SYN answered with a RST).
+fn flood(ns: &Path, to: SocketAddr) -> u64 {
+    netns::run_in(ns, move || {
+        let started = Instant::now();
+        let mut refused = 0;
+        while started.elapsed() < FLOOD {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                Err(e) => panic!("flood: {e}"),
+                Ok(_) => panic!("plaintext connected to a STRICT port"),
+            }
+        }
+        refused
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_reset_flood_is_counted_not_written_line_by_line() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    apply(&config, "strict.yaml", &namespace_policy("STRICT"));
+    let log = tb.work_dir.join("audit").join("audit.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let agent2 = Agent::start(&tb, "node2", &config, &["--audit-log", &log_arg]).unwrap();
+    let _details = tb.serve("details", 8080).unwrap();
+    let before = kernel_counter(&agent2, "strict_resets");
+
+    let started = Instant::now();
+    let refused = flood(&tb.pod("outsider").netns_path(), addr(&tb, "details", 8080));
+    let rate = refused as f64 / started.elapsed().as_secs_f64();
+    println!("outsider: {refused} plaintext SYNs refused in {:?} ({rate:.0}/s)", started.elapsed());
+    assert!(refused > 1000, "not a flood: {refused}");
+
+    // The kernel's counter (read by the agent every second) and the audit log's counts agree
+    // once the last second is over.
+    let deadline = Instant::now() + WAIT;
+    let (kernel, audit) = loop {
+        let kernel = kernel_counter(&agent2, "strict_resets") - before;
+        let audit = counted(&log).0;
+        if (kernel >= refused && audit == kernel) || Instant::now() > deadline {
+            break (kernel, audit);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let drops = kernel_counter(&agent2, "ring_buffer_drops");
+    assert!(kernel >= refused, "kernel counted {kernel} resets, the outsider saw {refused}");
+    assert_eq!(audit, kernel, "audit log counts {audit} resets, the kernel {kernel} (ring drops {drops})");
+    // Metrics still count every reset, one by one.
+    let metrics = agent2.get_metrics("/metrics").unwrap().text();
+    let metric_total: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("lockmesh_resets_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert_eq!(metric_total, kernel, "lockmesh_resets_total");
+
+    assert_eq!(agent2.terminate().unwrap(), Some(0));
+    let lines = audit_lines(&log);
+    let (total, reset_lines) = counted(&log);
+    let bytes = std::fs::metadata(&log).unwrap().len();
+    println!(
+        "audit log: {} lines ({reset_lines} of resets) and {bytes} bytes for {total} resets \
+         ({:.1} bytes per reset; one line per reset was ~915 bytes)",
+        lines.len(),
+        bytes as f64 / total as f64
+    );
+    // One source, one destination and port: a line per second of flood (+ the partial ones).
+    let seconds = FLOOD.as_secs() as usize + 2;
+    assert!(reset_lines <= seconds, "{reset_lines} reset lines for a {FLOOD:?} flood");
+    assert!(lines.len() * 100 < total as usize, "{} lines for {total} resets", lines.len());
+    let outsider = tb.pod("outsider").ip.to_string();
+    for group in lines.iter().filter_map(|l| l.get("resets")) {
+        assert_eq!(group["src"], outsider.as_str());
+        assert_eq!(group["port"], 8080);
+        assert_eq!(group["sample"]["verdict"], "reset");
+        assert_eq!(group["sample"]["mode"], "STRICT");
+    }
+    let (ok, out) = verify(&[&log]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("resets:      {total} in {reset_lines} line(s)")), "{out}");
+}
