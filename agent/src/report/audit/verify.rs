@@ -251,27 +251,7 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         {
             problem(e, kind, detail);
         }
-        if let Some(discarded) = &line.discarded {
-            discards.push(discarded.clone());
-        }
-        if let Some(resets) = &line.resets {
-            summary.reset_lines += 1;
-            summary.unsealed += 1;
-            summary.resets += resets["count"].as_u64().unwrap_or(0);
-            for field in ["first", "last"] {
-                note_time(
-                    summary,
-                    resets[field].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
-                );
-            }
-        }
-        if let Some(flow) = &line.flow {
-            summary.records += 1;
-            summary.unsealed += 1;
-            let time =
-                |field: &str| flow[field].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-            note_time(summary, time("end").or_else(|| time("start")));
-        }
+        note_contents(line, summary, &mut discards);
         summary.first_seq.get_or_insert(line.seq);
         summary.last_seq = Some(summary.last_seq.map_or(line.seq, |s| s.max(line.seq)));
         let next_seq = expect.as_ref().map_or(line.seq + 1, |(s, _)| (*s).max(line.seq + 1));
@@ -279,17 +259,51 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         previous = Some(i);
         suppress = reported;
     }
-    let Some((first, seq, prev)) = start.filter(|(_, seq, _)| *seq != 1) else { return };
-    summary.vouched =
-        discards.into_iter().rev().find(|d| d.last_seq.saturating_add(1) == seq && d.last_head == prev);
-    if summary.vouched.is_none() {
-        let detail = format!(
-            "the chain starts at seq {seq}, not 1: lines 1..={} are missing and no `discarded` line \
-             in these files says rotation deleted them (dropped silently, or older files not given)",
-            seq - 1
-        );
+    if let Some((first, detail)) = check_start(start, discards, summary) {
         problem(&entries[first], ProblemKind::Unvouched, detail);
     }
+}
+
+/// Counts what a line holds (flows, resets, times) and keeps its `discarded` record.
+fn note_contents(line: &RawLine, summary: &mut Summary, discards: &mut Vec<Discarded>) {
+    let parse =
+        |value: &serde_json::Value| value.as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    if let Some(discarded) = &line.discarded {
+        discards.push(discarded.clone());
+    }
+    if let Some(resets) = &line.resets {
+        summary.reset_lines += 1;
+        summary.unsealed += 1;
+        summary.resets += resets["count"].as_u64().unwrap_or(0);
+        note_time(summary, parse(&resets["first"]));
+        note_time(summary, parse(&resets["last"]));
+    }
+    if let Some(flow) = &line.flow {
+        summary.records += 1;
+        summary.unsealed += 1;
+        note_time(summary, parse(&flow["end"]).or_else(|| parse(&flow["start"])));
+    }
+}
+
+/// A chain that starts after seq 1 (`start`: entry, seq, prev of its first line) must be vouched
+/// for by a `discarded` line naming exactly what precedes it; returns the entry to blame if not.
+fn check_start(
+    start: Option<(usize, u64, String)>,
+    discards: Vec<Discarded>,
+    summary: &mut Summary,
+) -> Option<(usize, String)> {
+    let (first, seq, prev) = start.filter(|(_, seq, _)| *seq != 1)?;
+    summary.vouched =
+        discards.into_iter().rev().find(|d| d.last_seq.saturating_add(1) == seq && d.last_head == prev);
+    if summary.vouched.is_some() {
+        return None;
+    }
+    let detail = format!(
+        "the chain starts at seq {seq}, not 1: lines 1..={} are missing and no `discarded` line \
+         in these files says rotation deleted them (dropped silently, or older files not given)",
+        seq - 1
+    );
+    Some((first, detail))
 }
 
 /// What a line whose `seq` is not the `expected` one means: reordered (it comes back `later`, or
