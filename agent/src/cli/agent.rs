@@ -205,7 +205,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 100 << 20)]
     pub audit_max_bytes: u64,
 
-    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first).
+    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first). A deletion is
+    /// logged as a warning and recorded in the log (a `discarded` line, which `audit verify`
+    /// needs to accept a chain that no longer starts at seq 1).
     #[arg(long, default_value_t = 10)]
     pub audit_keep: usize,
 
