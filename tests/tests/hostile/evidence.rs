@@ -118,4 +118,46 @@ fn a_reset_flood_is_counted_not_written_line_by_line() {
     let (ok, out) = verify(&[&log]);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("resets:      {total} in {reset_lines} line(s)")), "{out}");
+
+    // The same log without its first line: history missing, unless a slice is checked on purpose.
+    let cut = tb.work_dir.join("audit-cut.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&cut, text.split_once('\n').unwrap().1).unwrap();
+    let (ok, out) = verify(&[&cut]);
+    assert!(!ok && out.contains("history missing: the chain starts at seq 2"), "{out}");
+    let (ok, out) = lockmesh(&["audit", "verify", "--partial", cut.to_str().unwrap()]);
+    assert!(ok && out.contains("WARN"), "{out}");
+}
+
+#[test]
+fn rotation_that_deletes_evidence_says_so() {
+    let tb = bookinfo();
+    let config = tb.config_dir("config").unwrap();
+    apply(&config, "strict.yaml", &namespace_policy("STRICT"));
+    let log = tb.work_dir.join("audit").join("audit.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    // Every line gets a file of its own; one rotated file kept.
+    let args = ["--audit-log", &log_arg, "--audit-max-bytes", "1000", "--audit-keep", "1"];
+    let agent2 = Agent::start(&tb, "node2", &config, &args).unwrap();
+    let refused = flood(&tb.pod("outsider").netns_path(), addr(&tb, "details", 8080));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent2.terminate().unwrap(), Some(0));
+    let agent_log = std::fs::read_to_string(tb.work_dir.join("agent-node2.log")).unwrap();
+    assert!(agent_log.contains("audit log rotation deleted the oldest files"), "{agent_log}");
+
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.to_string_lossy().ends_with(".pub"))
+        .collect();
+    assert_eq!(files.len(), 2, "the active file and one rotated file: {files:?}");
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, out) = verify(&refs);
+    println!("{refused} resets; verify of what rotation left:\n{out}");
+    assert!(ok, "{out}");
+    assert!(out.contains("discarded:   seq ") && out.contains("deleted by rotation"), "{out}");
+    // Without the newest file (which holds the `discarded` line), nothing vouches for the gap.
+    let oldest: Vec<&Path> = refs.iter().copied().filter(|p| *p != log.as_path()).collect();
+    let (ok, out) = verify(&oldest);
+    assert!(!ok && out.contains("history missing"), "{out}");
 }
