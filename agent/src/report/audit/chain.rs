@@ -41,7 +41,7 @@ impl AuditLine {
 }
 
 /// Plaintext SYNs the kernel reset (STRICT) from one source address to one destination address
-/// and port within one second, as one line: a flood cannot outgrow the evidence it leaves. When
+/// and port within one second, for one verdict and reason (those of `sample`), as one line: a flood cannot outgrow the evidence it leaves. When
 /// more sources reset within a second than the writer itemises, the rest are counted in one line
 /// without `src`, `dst` and `port` (`sample` is the first of them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,14 @@
-//! Kernel resets counted per source address, destination address, destination port and second,
-//! for the audit log: a pod flooding a STRICT port with SYNs leaves one line per second, not one
+//! Kernel resets counted per source address, destination address, destination port and second
+//! (and verdict and reason, so that different refusals are never folded together), for the audit
+//! log: a pod flooding a STRICT port with SYNs leaves one line per second, not one
 //! per SYN. The state is bounded: past [`MAX_RESET_GROUPS`] groups, resets from further sources
 //! are counted in one line per second that names no source (`src`, `dst`, `port` null); past
 //! that, everything held is written out at once. Nothing is dropped.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+    net::Ipv4Addr,
+};
 
 use time::OffsetDateTime;
 
@@ -18,6 +23,8 @@ const MAX_OVERFLOW_GROUPS: usize = 8;
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct Key {
     second: i64,
+    /// Hash of the verdict and reason: a group's `sample` speaks for all of its resets.
+    kind: u64,
     /// Source, destination and destination port; `None` for the overflow group of a second.
     itemised: Option<(Ipv4Addr, Ipv4Addr, u16)>,
 }
@@ -49,8 +56,11 @@ impl ResetGroups {
     /// groups to write now: all of them when the state was full, else none.
     pub(crate) fn add(&mut self, record: &FlowRecord) -> Vec<ResetGroup> {
         let second = record.start.unix_timestamp();
-        let itemised = Key { second, itemised: Some((record.src.ip, record.dst.ip, record.dst.port)) };
-        let overflow = Key { second, itemised: None };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (record.verdict.to_string(), &record.reason).hash(&mut hasher);
+        let kind = hasher.finish();
+        let itemised = Key { second, kind, itemised: Some((record.src.ip, record.dst.ip, record.dst.port)) };
+        let overflow = Key { second, kind, itemised: None };
         let mut flushed = Vec::new();
         let key = if self.groups.contains_key(&itemised) || self.groups.len() < self.max {
             itemised

@@ -26,15 +26,22 @@ fn a_flood_is_one_group_per_source_destination_port_and_second() {
         assert!(groups.add(&reset([10, 0, 0, 9], ms)).is_empty());
     }
     groups.add(&reset([10, 0, 0, 8], 500));
+    let mut other_reason = reset([10, 0, 0, 9], 700);
+    other_reason.reason = Some("a fragment to a STRICT port: dropped".into());
+    groups.add(&other_reason);
     let mut other_port = reset([10, 0, 0, 9], 600);
     other_port.dst.port = 9090;
     groups.add(&other_port);
-    assert_eq!(groups.len(), 4);
+    assert_eq!(groups.len(), 5);
     assert_eq!(groups.due(at(0)), vec![], "the first second is not over yet");
     let first = groups.due(at(1));
     let summary: Vec<_> = first.iter().map(|g| (g.src, g.port, g.count)).collect();
     let (nine, eight) = (Some(Ipv4Addr::new(10, 0, 0, 9)), Some(Ipv4Addr::new(10, 0, 0, 8)));
-    assert_eq!(summary, vec![(nine, Some(8080), 1000), (eight, Some(8080), 1), (nine, Some(9090), 1)]);
+    assert_eq!(
+        summary,
+        vec![(nine, Some(8080), 1000), (eight, Some(8080), 1), (nine, Some(9090), 1), (nine, Some(8080), 1)],
+        "another reason is another group"
+    );
     assert_eq!((first[0].first, first[0].last), (at(0), at(0) + Duration::milliseconds(999)));
     assert_eq!(first[0].second, at(0));
     assert_eq!(first[0].sample.start, at(0), "the sample is the group's first reset");
