@@ -24,16 +24,31 @@ fn audit_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The resets the audit log counts, and its lines of resets.
-fn counted(path: &Path) -> (u64, usize) {
+/// The kernel refusals the audit log counts (those of groups `from` passes, all by default), and
+/// its lines of them.
+fn counted_from(path: &Path, from: Option<&str>) -> (u64, usize) {
     let lines = audit_lines(path);
-    let groups: Vec<&Value> = lines.iter().filter_map(|l| l.get("resets")).collect();
+    let groups: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("resets"))
+        .filter(|g| from.is_none_or(|ip| g["src"] == ip))
+        .collect();
     (groups.iter().map(|g| g["count"].as_u64().unwrap()).sum(), groups.len())
+}
+
+fn counted(path: &Path) -> (u64, usize) {
+    counted_from(path, None)
 }
 
 fn kernel_counter(agent: &Agent, name: &str) -> u64 {
     let ready: Value = agent.get("/readyz").unwrap().json().unwrap();
     ready["kernel"][name].as_u64().unwrap_or(0)
+}
+
+/// Everything the kernel's STRICT guard refused and reported: resets (SYNs, segments) and drops
+/// (fragments, headers it cannot parse, e.g. a new pod's IPv6 MLD reports).
+fn kernel_refusals(agent: &Agent) -> (u64, u64) {
+    (kernel_counter(agent, "strict_resets"), kernel_counter(agent, "strict_drops"))
 }
 
 /// Connects to `to` from inside `ns` as fast as it can for `FLOOD`; returns the connects that
@@ -63,7 +78,8 @@ fn a_reset_flood_is_counted_not_written_line_by_line() {
     let log_arg = log.to_string_lossy().into_owned();
     let agent2 = Agent::start(&tb, "node2", &config, &["--audit-log", &log_arg]).unwrap();
     let _details = tb.serve("details", 8080).unwrap();
-    let before = kernel_counter(&agent2, "strict_resets");
+    let before = kernel_refusals(&agent2);
+    let outsider = tb.pod("outsider").ip.to_string();
 
     let started = Instant::now();
     let refused = flood(&tb.pod("outsider").netns_path(), addr(&tb, "details", 8080));
@@ -71,33 +87,47 @@ fn a_reset_flood_is_counted_not_written_line_by_line() {
     println!("outsider: {refused} plaintext SYNs refused in {:?} ({rate:.0}/s)", started.elapsed());
     assert!(refused > 1000, "not a flood: {refused}");
 
-    // The kernel's counter (read by the agent every second) and the audit log's counts agree
-    // once the last second is over.
+    // The kernel's counters (read by the agent every second) and the audit log's counts agree
+    // once the last second is over: the flood's resets, and everything the guard refused.
     let deadline = Instant::now() + WAIT;
-    let (kernel, audit) = loop {
-        let kernel = kernel_counter(&agent2, "strict_resets") - before;
-        let audit = counted(&log).0;
-        if (kernel >= refused && audit == kernel) || Instant::now() > deadline {
-            break (kernel, audit);
+    let (resets, kernel, flood_counted, audit) = loop {
+        let (resets, drops) = kernel_refusals(&agent2);
+        let (resets, kernel) = (resets - before.0, resets + drops - before.0 - before.1);
+        let (flood_counted, audit) = (counted_from(&log, Some(&outsider)).0, counted(&log).0);
+        if (resets >= refused && flood_counted == resets && audit == kernel) || Instant::now() > deadline {
+            break (resets, kernel, flood_counted, audit);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let drops = kernel_counter(&agent2, "ring_buffer_drops");
-    assert!(kernel >= refused, "kernel counted {kernel} resets, the outsider saw {refused}");
-    assert_eq!(audit, kernel, "audit log counts {audit} resets, the kernel {kernel} (ring drops {drops})");
-    // Metrics still count every reset, one by one.
+    let ring_drops = kernel_counter(&agent2, "ring_buffer_drops");
+    assert!(resets >= refused, "kernel counted {resets} resets, the outsider saw {refused}");
+    assert_eq!(
+        flood_counted, resets,
+        "audit log counts {flood_counted} resets of the flood, the kernel {resets}"
+    );
+    assert_eq!(
+        audit, kernel,
+        "audit log counts {audit} refusals, the kernel {kernel} (ring drops {ring_drops})"
+    );
+    // Metrics still count every refusal, one by one.
     let metrics = agent2.get_metrics("/metrics").unwrap().text();
     let metric_total: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("lockmesh_resets_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum();
-    assert_eq!(metric_total, kernel, "lockmesh_resets_total");
+    assert_eq!(metric_total, kernel, "lockmesh_resets_total (resets and denials)");
 
     assert_eq!(agent2.terminate().unwrap(), Some(0));
     let lines = audit_lines(&log);
     let (total, reset_lines) = counted(&log);
     let bytes = std::fs::metadata(&log).unwrap().len();
+    for g in lines.iter().filter_map(|l| l.get("resets")) {
+        println!(
+            "  resets {} -> {}:{} x{} ({})",
+            g["src"], g["dst"], g["port"], g["count"], g["sample"]["verdict"]
+        );
+    }
     println!(
         "audit log: {} lines ({reset_lines} of resets) and {bytes} bytes for {total} resets \
          ({:.1} bytes per reset; one line per reset was ~915 bytes)",
@@ -106,10 +136,10 @@ fn a_reset_flood_is_counted_not_written_line_by_line() {
     );
     // One source, one destination and port: a line per second of flood (+ the partial ones).
     let seconds = FLOOD.as_secs() as usize + 2;
-    assert!(reset_lines <= seconds, "{reset_lines} reset lines for a {FLOOD:?} flood");
+    let flood_lines = counted_from(&log, Some(&outsider)).1;
+    assert!(flood_lines <= seconds, "{flood_lines} reset lines for a {FLOOD:?} flood");
     assert!(lines.len() * 100 < total as usize, "{} lines for {total} resets", lines.len());
-    let outsider = tb.pod("outsider").ip.to_string();
-    for group in lines.iter().filter_map(|l| l.get("resets")) {
+    for group in lines.iter().filter_map(|l| l.get("resets")).filter(|g| g["src"] == outsider.as_str()) {
         assert_eq!(group["src"], outsider.as_str());
         assert_eq!(group["port"], 8080);
         assert_eq!(group["sample"]["verdict"], "reset");
