@@ -161,7 +161,7 @@ fn check_base(objects: &[Value]) {
     assert_eq!(agent["image"], "ghcr.io/lockmesh/lockmesh:latest");
     let env = agent["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
     assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    // The arguments are ones the agent accepts: --kube, admin on all addresses.
+    // The arguments are ones the agent accepts: --kube, admin on loopback only.
     let args = strings(&agent["args"]);
     let argv = std::iter::once("lockmesh".to_string())
         .chain(args.iter().map(|a| a.replace("$(NODE_NAME)", "node1")));
@@ -169,7 +169,7 @@ fn check_base(objects: &[Value]) {
     let Command::Agent(parsed) = cli.command else { panic!("not `agent`") };
     assert!(parsed.kube && parsed.config.is_none());
     assert_eq!(parsed.node, "node1");
-    assert_eq!(parsed.admin.to_string(), "0.0.0.0:15000");
+    check_ports(ds, &parsed);
     assert_eq!(parsed.ca, None, "agents hold no CA key");
     assert_eq!(parsed.bpffs_dir.as_deref(), Some(Path::new("/sys/fs/bpf/lockmesh")));
     assert_eq!(parsed.proc_root, Path::new("/host/proc"));
@@ -177,10 +177,6 @@ fn check_base(objects: &[Value]) {
     let security = &agent["securityContext"];
     assert_eq!(strings(&security["capabilities"]["add"]), CAPABILITIES);
     assert_eq!(security["privileged"], Value::Bool(false));
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-        assert_eq!(agent[probe]["httpGet"]["path"], path);
-        assert_eq!(agent[probe]["httpGet"]["port"], 15000);
-    }
 
     // Volumes: host paths, where they are mounted, and with which propagation.
     let volumes = pod["volumes"].as_sequence().unwrap();
@@ -219,8 +215,39 @@ fn check_base(objects: &[Value]) {
     check_ca(objects, parsed.ca_url.as_deref().unwrap(), token["audience"].as_str().unwrap());
 
     let service = find(objects, "Service", "lockmesh-agent-metrics");
-    assert_eq!(service["spec"]["ports"][0]["port"], 15000);
+    let ports = service["spec"]["ports"].as_sequence().unwrap();
+    assert_eq!(ports.len(), 1, "the metrics port only");
+    assert_eq!((&ports[0]["port"], &ports[0]["targetPort"]), (&Value::from(15020), &Value::from(15020)));
+    assert_ne!(
+        ports[0]["targetPort"],
+        Value::from(parsed.admin.port()),
+        "the Service must not reach the admin port"
+    );
     assert_eq!(service["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
+}
+
+/// The agent runs on the host network: whatever it binds on a non-loopback address every pod
+/// can reach. The admin endpoint (flows, config dump, graph) stays on loopback; metrics and
+/// readiness have ports of their own (ztunnel's 15020 and 15021), which the probes, the
+/// declared ports and the Prometheus annotations use.
+fn check_ports(ds: &Value, parsed: &lockmesh::cli::agent::AgentArgs) {
+    assert!(parsed.admin.ip().is_loopback(), "the DaemonSet exposes the admin endpoint on {}", parsed.admin);
+    assert_eq!(parsed.metrics_addr.to_string(), "0.0.0.0:15020");
+    assert_eq!(parsed.readiness_addr.to_string(), "0.0.0.0:15021");
+    let agent = &ds["spec"]["template"]["spec"]["containers"][0];
+    let admin_port = Value::from(parsed.admin.port());
+    for port in agent["ports"].as_sequence().unwrap() {
+        assert_ne!(port["containerPort"], admin_port, "the admin port is declared: {port:?}");
+        assert!(port["hostIP"].is_null() && port["hostPort"].is_null(), "no hostPort/hostIP: {port:?}");
+    }
+    for (probe, path) in [("livenessProbe", "/healthz/live"), ("readinessProbe", "/healthz/ready")] {
+        assert_eq!(agent[probe]["httpGet"]["path"], path);
+        assert_eq!(agent[probe]["httpGet"]["port"], Value::from(parsed.readiness_addr.port()));
+    }
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], parsed.metrics_addr.port().to_string().as_str());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
 }
 
 /// The CA service: the only holder of the `cacerts` Secret, reachable at the agents' --ca-url,

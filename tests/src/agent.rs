@@ -13,7 +13,12 @@ use crate::{http, netns, process::ChildGuard, testbed::Testbed};
 pub struct Agent {
     pub node: String,
     netns: PathBuf,
+    /// The admin endpoint, on the node's loopback.
     pub admin: SocketAddr,
+    /// The metrics endpoint (`/metrics` only), on every address of the node.
+    pub metrics: SocketAddr,
+    /// The readiness endpoint (`/healthz/ready`), on every address of the node.
+    pub readiness: SocketAddr,
     pub pin_dir: PathBuf,
     binary: PathBuf,
     process: ChildGuard,
@@ -61,7 +66,9 @@ impl Agent {
         let netns_path = testbed.node(node).netns_path();
         // Unique per testbed: two tests' "node1" must not share kernel pins.
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lockmesh/{}-{node}", testbed.id));
+        // Each node has its own network namespace: the same ports on every node.
         let admin: SocketAddr = "127.0.0.1:15000".parse()?;
+        let (metrics_port, readiness_port) = (15020, 15021);
         let mut command = netns::command_in(&netns_path, binary)?;
         command
             .args(["agent", "--node", node, "--config"])
@@ -69,6 +76,8 @@ impl Agent {
             .arg("--bpffs-dir")
             .arg(&pin_dir)
             .args(["--admin", &admin.to_string()])
+            .args(["--metrics-addr", &format!("0.0.0.0:{metrics_port}")])
+            .args(["--readiness-addr", &format!("0.0.0.0:{readiness_port}")])
             // Never the machine's /var/lib/lockmesh.
             .arg("--state-dir")
             .arg(testbed.work_dir.join(format!("state-{node}")));
@@ -89,6 +98,8 @@ impl Agent {
             node: node.to_string(),
             netns: netns_path,
             admin,
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            readiness: SocketAddr::from(([127, 0, 0, 1], readiness_port)),
             pin_dir,
             binary: binary.to_path_buf(),
             process,
@@ -127,6 +138,11 @@ impl Agent {
     /// GET on the admin endpoint.
     pub fn get(&self, path: &str) -> anyhow::Result<http::Response> {
         http::get_in(&self.netns, self.admin, path)
+    }
+
+    /// GET on the metrics endpoint (`/metrics`; anything else is 404 there).
+    pub fn get_metrics(&self, path: &str) -> anyhow::Result<http::Response> {
+        http::get_in(&self.netns, self.metrics, path)
     }
 
     /// A TCP connection to the admin endpoint from the agent's namespace, for what `get` cannot

@@ -58,7 +58,7 @@ fn edge<'a>(edges: &'a Value, src: &str, dst: &str) -> Option<&'a Value> {
 }
 
 fn scrape(agent: &Agent) -> prometheus_parse::Scrape {
-    let response = agent.get("/metrics").unwrap();
+    let response = agent.get_metrics("/metrics").unwrap();
     assert_eq!(response.status, 200);
     let text = response.text();
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()

@@ -245,7 +245,7 @@ fn metrics_have_istio_labels(agent1: &Agent, agent2: &Agent, tb: &Testbed) {
         "response_flags",
     ];
     let scrape = |agent: &Agent| {
-        let response = agent.get("/metrics").unwrap();
+        let response = agent.get_metrics("/metrics").unwrap();
         assert_eq!(response.status, 200);
         let text = response.text();
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()

@@ -102,7 +102,7 @@ fn a_pod_forging_another_pods_address_is_dropped_counted_and_stays_dropped_witho
     assert_eq!(server.accepted(), accepted + 1, "only the genuine connection reached the server");
     // At least the first SYN of each forged connection (curl gives up before a retransmit).
     let drops = wait_spoof_drops(&agent, 2);
-    let metrics = agent.get("/metrics").unwrap().text();
+    let metrics = agent.get_metrics("/metrics").unwrap().text();
     let line = metrics.lines().find(|l| l.starts_with("lockmesh_spoofed_packets_dropped_total ")).unwrap();
     assert!(line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() >= 2, "{line}");
     println!("spoofed packets dropped: {drops}");

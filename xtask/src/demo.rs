@@ -77,7 +77,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     if keep {
         let state = tb.persist()?;
         println!(
-            "\nKept running: testbed {} ({}); agents' admin endpoints at 127.0.0.1:15000 inside each node netns.",
+            "\nKept running: testbed {} ({}); agents' admin endpoints at 127.0.0.1:15000 (metrics :15020) inside each node netns.",
             tb.id,
             state.display()
         );

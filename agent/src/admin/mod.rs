@@ -1,5 +1,8 @@
-//! The admin endpoint: health, readiness, flows, metrics and the mesh picture over HTTP (default 127.0.0.1:15000, like
-//! Envoy's and ztunnel's admin ports).
+//! The agent's HTTP endpoints, laid out as ztunnel's: the admin endpoint (health, readiness with
+//! details, flows, metrics, config dump and the mesh picture; default 127.0.0.1:15000, local
+//! only, as it tells who talks to whom), the metrics endpoint (`/metrics` and nothing else;
+//! default 0.0.0.0:15020, for Prometheus) and the readiness endpoint (`/healthz/ready` and
+//! `/healthz/live`, status only; default 0.0.0.0:15021, for the kubelet).
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -123,11 +126,44 @@ pub(crate) struct AdminState {
 }
 
 pub(crate) async fn serve(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin endpoint on {addr}"))?;
-    tracing::info!(%addr, "admin endpoint listening");
-    axum::serve(listener, router(state)).await.context("admin endpoint")
+    serve_router(addr, "admin endpoint", router(state)).await
+}
+
+/// The metrics endpoint: `/metrics` only (404 for anything else: no flows, no config).
+pub(crate) async fn serve_metrics(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
+    serve_router(addr, "metrics endpoint", metrics_router(state)).await
+}
+
+/// The readiness endpoint for the kubelet: status codes, no details.
+pub(crate) async fn serve_readiness(addr: SocketAddr, state: AdminState) -> anyhow::Result<()> {
+    serve_router(addr, "readiness endpoint", readiness_router(state)).await
+}
+
+async fn serve_router(addr: SocketAddr, what: &'static str, router: Router) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {what} on {addr}"))?;
+    tracing::info!(%addr, "{what} listening");
+    axum::serve(listener, router).await.with_context(|| what)
+}
+
+fn metrics_router(state: AdminState) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(state)
+}
+
+fn readiness_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz/ready", get(ready))
+        .route("/healthz/live", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+/// `/healthz/ready`: what `/readyz` decides, without what it shows.
+async fn ready(State(state): State<AdminState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
 }
 
 fn router(state: AdminState) -> Router {

@@ -50,15 +50,15 @@ pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let table = Arc::new(Mutex::new(FlowTable::new(options.flow_limits)));
     let inventory = Arc::new(ArcSwap::from_pointee(Inventory::default()));
     let metrics = Arc::new(Metrics::new());
-    let admin = tokio::spawn(admin::serve(
-        options.admin,
-        AdminState {
-            readiness: readiness.clone(),
-            flows: table.clone(),
-            metrics: metrics.clone(),
-            inventory: inventory.clone(),
-        },
-    ));
+    let admin_state = AdminState {
+        readiness: readiness.clone(),
+        flows: table.clone(),
+        metrics: metrics.clone(),
+        inventory: inventory.clone(),
+    };
+    let admin = tokio::spawn(admin::serve(options.admin, admin_state.clone()));
+    let metrics_endpoint = tokio::spawn(admin::serve_metrics(options.metrics_addr, admin_state.clone()));
+    let readiness_endpoint = tokio::spawn(admin::serve_readiness(options.readiness_addr, admin_state));
     // Before the kernel is touched: a bad kubeconfig or config dir fails fast.
     let source = Source::start(&options.source, &options.mesh.root_namespace).await?;
     let (mut datapath, kernel) = load_datapath(&options, &readiness)?;
@@ -95,7 +95,7 @@ pub(crate) async fn run(options: AgentOptions) -> anyhow::Result<()> {
         identities,
         readiness: readiness.clone(),
     };
-    let tasks = Tasks { renewal, admin };
+    let tasks = Tasks { renewal, admin, metrics: metrics_endpoint, readiness: readiness_endpoint };
     let agent = Agent { node, source, readiness, table, counters: kernel.counters, tasks };
     agent.run(kernel.events, KernelFlows::new(sink), audit).await
 }
@@ -139,6 +139,8 @@ fn open_audit_log(options: &AgentOptions) -> anyhow::Result<Option<Arc<AuditSink
 struct Tasks {
     renewal: JoinHandle<()>,
     admin: JoinHandle<anyhow::Result<()>>,
+    metrics: JoinHandle<anyhow::Result<()>>,
+    readiness: JoinHandle<anyhow::Result<()>>,
 }
 
 /// The running agent: the node it reconciles and what feeds and watches it.
@@ -209,6 +211,8 @@ impl Agent {
                     anyhow::bail!("certificate renewal stopped: {result:?}");
                 }
                 result = &mut self.tasks.admin => return Err(task_failure(result).context("admin endpoint stopped")),
+                result = &mut self.tasks.metrics => return Err(task_failure(result).context("metrics endpoint stopped")),
+                result = &mut self.tasks.readiness => return Err(task_failure(result).context("readiness endpoint stopped")),
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: draining, then detaching"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: draining, then detaching"); return Ok(()); }
             }
@@ -264,6 +268,8 @@ impl Agent {
         }
         self.tasks.renewal.abort();
         self.tasks.admin.abort();
+        self.tasks.metrics.abort();
+        self.tasks.readiness.abort();
         let Agent { node: Node { datapath, .. }, counters, .. } = self;
         drop(counters);
         datapath.leave_in_place();

@@ -17,6 +17,8 @@ pub(crate) struct AgentOptions {
     /// Where workloads, services and policies come from.
     pub source: SourceOptions,
     pub admin: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
     pub trust_domain: String,
     pub datapath: DatapathOptions,
     pub flow_limits: FlowLimits,

@@ -52,9 +52,22 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH", default_value = "/proc")]
     pub proc_root: PathBuf,
 
-    /// Address of the admin endpoint (/healthz, /readyz, /flows).
+    /// Address of the admin endpoint (/healthz, /readyz, /flows, /config_dump, /graph,
+    /// /metrics). It shows who talks to whom, unauthenticated: keep it on loopback (the
+    /// DaemonSet does; read it with `kubectl exec` or a port-forward).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+
+    /// Address of the metrics endpoint: /metrics (Prometheus text) and nothing else, like
+    /// ztunnel's 15020.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Address of the readiness endpoint for the kubelet: /healthz/ready (200 once programs,
+    /// config and datapath are in place, else 503; the details are on the admin /readyz) and
+    /// /healthz/live, like ztunnel's 15021.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
 
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
@@ -200,7 +213,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 100 << 20)]
     pub audit_max_bytes: u64,
 
-    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first).
+    /// Rotated audit-log files kept (FILE.1 … FILE.N, oldest deleted first). A deletion is
+    /// logged as a warning and recorded in the log (a `discarded` line, which `audit verify`
+    /// needs to accept a chain that no longer starts at seq 1).
     #[arg(long, default_value_t = 10)]
     pub audit_keep: usize,
 
@@ -243,6 +258,8 @@ impl AgentArgs {
             mesh: MeshParams { root_namespace: self.root_namespace, domain: self.cluster_domain },
             node: self.node,
             admin: self.admin,
+            metrics_addr: self.metrics_addr,
+            readiness_addr: self.readiness_addr,
             trust_domain: self.trust_domain,
             drain: self.drain,
             hbone_max_streams: self.hbone_max_streams,

@@ -42,7 +42,8 @@ Examples:
   lockmesh agent --node node1 --config /etc/lockmesh --ca /etc/lockmesh/ca
 
   # In a cluster (see deploy/): pods, Services and Istio policies from the API server:
-  lockmesh agent --kube --node node1 --proc-root /host/proc --admin 0.0.0.0:15000
+  lockmesh agent --kube --node node1 --proc-root /host/proc \
+    --metrics-addr 0.0.0.0:15020 --readiness-addr 0.0.0.0:15021
 
   # The cluster's CA service, and agents asking it (no CA key on the nodes):
   lockmesh ca serve --ca /etc/lockmesh/ca

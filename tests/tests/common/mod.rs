@@ -81,7 +81,7 @@ pub fn verify(files: &[&Path]) -> (bool, String) {
 
 /// The value of the series `NAME{labels}` (written exactly as the agent does) on its /metrics.
 pub fn metric(agent: &Agent, series: &str) -> Option<u64> {
-    let text = agent.get("/metrics").unwrap().text();
+    let text = agent.get_metrics("/metrics").unwrap().text();
     let prefix = format!("{series} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
 }

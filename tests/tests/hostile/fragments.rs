@@ -60,7 +60,7 @@ fn a_fragmented_syn_never_reaches_a_strict_app_on_either_node() {
         assert_eq!(record["src"]["ip"], tb.pod("outsider").ip.to_string(), "{record}");
         assert_eq!(record["mode"], "STRICT", "{record}");
     }
-    let metrics = agent2.get("/metrics").unwrap().text();
+    let metrics = agent2.get_metrics("/metrics").unwrap().text();
     assert!(
         metrics
             .lines()

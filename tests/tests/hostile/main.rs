@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod cookies;
+mod evidence;
 mod fragments;
 mod ipv6;
 mod live;

@@ -1,9 +1,13 @@
 //! The audit log's line format and hash chain.
 //!
 //! Each line is a JSON object `{"seq":N,"prev":"<hex sha256 of the previous line>", ...}` with
-//! either `"flow":{…lockmesh.flow/v1…}` or `"checkpoint":{…}`. `seq` counts lines from 1 over the
-//! whole chain (all files, all restarts); the first line's `prev` is [`GENESIS`]. A line's hash
-//! is over its bytes without the newline.
+//! one of `"flow":{…lockmesh.flow/v1…}`, `"resets":{…}` (kernel resets of one source,
+//! destination, port and second, counted), `"discarded":{…}` (rotation deleted the oldest files)
+//! or `"checkpoint":{…}`. `seq` counts lines from 1 over the whole chain (all files, all
+//! restarts); the first line's `prev` is [`GENESIS`]. A line's hash is over its bytes without the
+//! newline.
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -22,7 +26,57 @@ pub(crate) struct AuditLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets: Option<ResetGroup>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<Discarded>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+}
+
+impl AuditLine {
+    /// A line to be stamped with its place in the chain when it is written.
+    pub(crate) fn unstamped() -> Self {
+        Self { seq: 0, prev: String::new(), flow: None, resets: None, discarded: None, checkpoint: None }
+    }
+}
+
+/// Plaintext SYNs the kernel reset (STRICT) from one source address to one destination address
+/// and port within one second, for one verdict and reason (those of `sample`), as one line: a flood cannot outgrow the evidence it leaves. When
+/// more sources reset within a second than the writer itemises, the rest are counted in one line
+/// without `src`, `dst` and `port` (`sample` is the first of them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResetGroup {
+    /// The (UTC) second the resets fell in, by the kernel's timestamps.
+    #[serde(with = "time::serde::rfc3339")]
+    pub second: OffsetDateTime,
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    /// Resets in the group (each one SYN the kernel answered with a RST).
+    pub count: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last: OffsetDateTime,
+    /// The group's first reset as its flow record (names, mode, policy, reason, source port).
+    pub sample: FlowRecord,
+}
+
+/// Rotation deleted the oldest files of the chain (`--audit-keep`). The line tells `audit
+/// verify` where the surviving chain starts and that the gap is the writer's, not an attacker's:
+/// the oldest kept line has `seq = last_seq + 1` and `prev = last_head`. Nobody had verified the
+/// deleted lines (the agent cannot know whether they were shipped elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Discarded {
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Files deleted by this rotation.
+    pub files: u64,
+    /// Their lines: `first_seq..=last_seq`.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Hash of the last deleted line.
+    pub last_head: String,
 }
 
 /// A signed statement that the chain up to this line (whose `prev` is the chain head) is as the

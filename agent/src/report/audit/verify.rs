@@ -1,5 +1,7 @@
 //! `lockmesh audit verify`: checks every hash link, sequence number and checkpoint signature of
-//! a set of audit-log files, and names the file and line of whatever broke.
+//! a set of audit-log files, and names the file and line of whatever broke. A chain that does
+//! not start at seq 1 must be vouched for by a `discarded` line (rotation deleted the oldest
+//! files and said so); otherwise its oldest history was dropped silently.
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
@@ -10,7 +12,7 @@ use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
-    chain::{Checkpoint, GENESIS, hash_hex},
+    chain::{Checkpoint, Discarded, GENESIS, hash_hex},
     key,
 };
 
@@ -29,6 +31,9 @@ pub(crate) enum ProblemKind {
     BadSignature,
     /// A checkpoint is signed by a key other than the published one.
     UnknownKey,
+    /// The chain does not start at seq 1 and no `discarded` line says rotation deleted what
+    /// came before (or older files were not given).
+    Unvouched,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +54,7 @@ impl std::fmt::Display for Problem {
             ProblemKind::Truncated => "truncated file",
             ProblemKind::BadSignature => "bad signature",
             ProblemKind::UnknownKey => "unknown key",
+            ProblemKind::Unvouched => "history missing",
         };
         write!(f, "{}:{}: {kind}: {}", self.file.display(), self.line, self.detail)
     }
@@ -67,6 +73,11 @@ pub(crate) struct Summary {
     pub from_genesis: bool,
     /// Flow records after the last checkpoint: their removal from the end is not detectable.
     pub unsealed: u64,
+    /// Lines counting kernel resets, and the resets they count.
+    pub reset_lines: u64,
+    pub resets: u64,
+    /// The `discarded` line that vouches for a chain starting after seq 1.
+    pub vouched: Option<Discarded>,
     pub key_ids: BTreeSet<String>,
 }
 
@@ -84,6 +95,10 @@ struct RawLine {
     prev: String,
     #[serde(default)]
     flow: Option<serde_json::Value>,
+    #[serde(default)]
+    resets: Option<serde_json::Value>,
+    #[serde(default)]
+    discarded: Option<Discarded>,
     #[serde(default)]
     checkpoint: Option<Checkpoint>,
 }
@@ -169,6 +184,9 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
     let mut previous: Option<usize> = None;
     // The previous line was already reported: do not blame its successor's link too.
     let mut suppress = false;
+    // The first readable line, and every `discarded` line.
+    let mut start: Option<(usize, u64, String)> = None;
+    let mut discards: Vec<Discarded> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some(bytes) = e.torn {
             problem(
@@ -189,6 +207,7 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         match &expect {
             None => {
                 summary.from_genesis = line.seq == 1;
+                start = Some((i, line.seq, line.prev.clone()));
                 if line.seq == 1 && line.prev != GENESIS {
                     problem(
                         e,
@@ -232,13 +251,7 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         {
             problem(e, kind, detail);
         }
-        if let Some(flow) = &line.flow {
-            summary.records += 1;
-            summary.unsealed += 1;
-            let time =
-                |field: &str| flow[field].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-            note_time(summary, time("end").or_else(|| time("start")));
-        }
+        note_contents(line, summary, &mut discards);
         summary.first_seq.get_or_insert(line.seq);
         summary.last_seq = Some(summary.last_seq.map_or(line.seq, |s| s.max(line.seq)));
         let next_seq = expect.as_ref().map_or(line.seq + 1, |(s, _)| (*s).max(line.seq + 1));
@@ -246,6 +259,51 @@ fn check(entries: &[Entry], trusted: Option<&(String, String)>, report: &mut Rep
         previous = Some(i);
         suppress = reported;
     }
+    if let Some((first, detail)) = check_start(start, discards, summary) {
+        problem(&entries[first], ProblemKind::Unvouched, detail);
+    }
+}
+
+/// Counts what a line holds (flows, resets, times) and keeps its `discarded` record.
+fn note_contents(line: &RawLine, summary: &mut Summary, discards: &mut Vec<Discarded>) {
+    let parse =
+        |value: &serde_json::Value| value.as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    if let Some(discarded) = &line.discarded {
+        discards.push(discarded.clone());
+    }
+    if let Some(resets) = &line.resets {
+        summary.reset_lines += 1;
+        summary.unsealed += 1;
+        summary.resets += resets["count"].as_u64().unwrap_or(0);
+        note_time(summary, parse(&resets["first"]));
+        note_time(summary, parse(&resets["last"]));
+    }
+    if let Some(flow) = &line.flow {
+        summary.records += 1;
+        summary.unsealed += 1;
+        note_time(summary, parse(&flow["end"]).or_else(|| parse(&flow["start"])));
+    }
+}
+
+/// A chain that starts after seq 1 (`start`: entry, seq, prev of its first line) must be vouched
+/// for by a `discarded` line naming exactly what precedes it; returns the entry to blame if not.
+fn check_start(
+    start: Option<(usize, u64, String)>,
+    discards: Vec<Discarded>,
+    summary: &mut Summary,
+) -> Option<(usize, String)> {
+    let (first, seq, prev) = start.filter(|(_, seq, _)| *seq != 1)?;
+    summary.vouched =
+        discards.into_iter().rev().find(|d| d.last_seq.saturating_add(1) == seq && d.last_head == prev);
+    if summary.vouched.is_some() {
+        return None;
+    }
+    let detail = format!(
+        "the chain starts at seq {seq}, not 1: lines 1..={} are missing and no `discarded` line \
+         in these files says rotation deleted them (dropped silently, or older files not given)",
+        seq - 1
+    );
+    Some((first, detail))
 }
 
 /// What a line whose `seq` is not the `expected` one means: reordered (it comes back `later`, or

@@ -1,9 +1,10 @@
-//! Appends the audit log: one line per finished flow, chained, rotated by size, checkpointed,
-//! and recovered after a restart (even `kill -9`).
+//! Appends the audit log: one line per finished flow (kernel resets counted per source,
+//! destination, port and second), chained, rotated by size (saying so in the log when rotation
+//! deletes history), checkpointed, and recovered after a restart (even `kill -9`).
 use std::{
     collections::HashSet,
     fs::{File, OpenOptions},
-    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, mpsc},
@@ -14,8 +15,9 @@ use anyhow::{Context as _, bail};
 use time::OffsetDateTime;
 
 use super::{
-    chain::{AUDIT_SCHEMA, AuditLine, Checkpoint, GENESIS, hash_hex},
+    chain::{AUDIT_SCHEMA, AuditLine, Checkpoint, Discarded, GENESIS, ResetGroup, hash_hex},
     key::{ALG, NodeKey},
+    resets::ResetGroups,
 };
 use crate::report::flows::{FlowObserver, FlowRecord};
 
@@ -58,6 +60,8 @@ pub(crate) struct AuditLog {
     dirty: bool,
     /// See [`Recovered::recent_flows`].
     written_before_restart: HashSet<String>,
+    /// Kernel resets not yet written (at most a second's worth).
+    resets: ResetGroups,
 }
 
 /// Where the chain stands in the files on disk.
@@ -86,12 +90,13 @@ impl AuditLog {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         let recovered = recover(&options.path)?;
+        let mut discarded = None;
         if let Some(bytes) = recovered.torn {
             tracing::warn!(
                 file = %options.path.display(), bytes,
                 "audit log ends in a partial line (torn write); rotating it and continuing the chain"
             );
-            rotate_file(&options.path, options.keep)?;
+            discarded = rotate_file(&options.path, options.keep)?;
         }
         let pub_path = pub_path(&options.path);
         if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(key.pub_file().as_str()) {
@@ -101,7 +106,7 @@ impl AuditLog {
         let file = open_active(&options.path)?;
         let size = file.metadata()?.len();
         tracing::info!(file = %options.path.display(), seq = recovered.next_seq, key_id = key.key_id(), "audit log open");
-        Ok(Self {
+        let mut log = Self {
             options,
             key,
             file,
@@ -113,7 +118,12 @@ impl AuditLog {
             last_sync: Instant::now(),
             dirty: false,
             written_before_restart: recovered.recent_flows,
-        })
+            resets: ResetGroups::default(),
+        };
+        if let Some(discarded) = discarded {
+            log.record_discard(discarded)?;
+        }
+        Ok(log)
     }
 
     pub(crate) fn append_flow(&mut self, record: &FlowRecord) -> anyhow::Result<()> {
@@ -121,13 +131,29 @@ impl AuditLog {
             tracing::debug!(flow = %record.id, "flow already in the audit log (event replayed after a restart)");
             return Ok(());
         }
-        let line = AuditLine {
-            seq: self.next_seq,
-            prev: self.head.clone(),
-            flow: Some(record.clone()),
-            checkpoint: None,
-        };
-        self.write_line(&line)?;
+        self.write_line(AuditLine { flow: Some(record.clone()), ..AuditLine::unstamped() }, true)?;
+        self.count_record()
+    }
+
+    /// Counts a plaintext SYN the kernel reset; written as part of its group's line once its
+    /// second is over (see [`ResetGroups`]).
+    pub(crate) fn append_reset(&mut self, record: &FlowRecord) -> anyhow::Result<()> {
+        let flushed = self.resets.add(record);
+        if !flushed.is_empty() {
+            tracing::warn!(groups = flushed.len(), "audit log: reset groups full; writing them early");
+        }
+        self.write_resets(flushed)
+    }
+
+    fn write_resets(&mut self, groups: Vec<ResetGroup>) -> anyhow::Result<()> {
+        for group in groups {
+            self.write_line(AuditLine { resets: Some(group), ..AuditLine::unstamped() }, true)?;
+            self.count_record()?;
+        }
+        Ok(())
+    }
+
+    fn count_record(&mut self) -> anyhow::Result<()> {
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.options.checkpoint_records {
             self.checkpoint()?;
@@ -137,7 +163,11 @@ impl AuditLog {
 
     /// Writes a checkpoint signed over the chain head.
     pub(crate) fn checkpoint(&mut self) -> anyhow::Result<()> {
-        let mut checkpoint = Checkpoint {
+        self.checkpoint_line(true)
+    }
+
+    fn checkpoint_line(&mut self, may_rotate: bool) -> anyhow::Result<()> {
+        let checkpoint = Checkpoint {
             schema: AUDIT_SCHEMA.to_string(),
             time: OffsetDateTime::now_utc(),
             node: self.options.node.clone(),
@@ -147,21 +177,16 @@ impl AuditLog {
             public_key: self.key.public_hex(),
             signature: String::new(),
         };
-        checkpoint.signature = self.key.sign_hex(&checkpoint.message(self.next_seq, &self.head));
-        let line = AuditLine {
-            seq: self.next_seq,
-            prev: self.head.clone(),
-            flow: None,
-            checkpoint: Some(checkpoint),
-        };
-        self.write_line(&line)?;
+        self.write_line(AuditLine { checkpoint: Some(checkpoint), ..AuditLine::unstamped() }, may_rotate)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
 
-    /// Periodic work: batched fsync, time-based checkpoints.
+    /// Periodic work: reset groups of past seconds, batched fsync, time-based checkpoints.
     pub(crate) fn tick(&mut self) -> anyhow::Result<()> {
+        let due = self.resets.due(OffsetDateTime::now_utc());
+        self.write_resets(due)?;
         if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
             self.checkpoint()?;
         }
@@ -171,8 +196,10 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Clean shutdown: a final checkpoint seals the tail, then fsync.
+    /// Clean shutdown: the reset groups still held, a final checkpoint seals the tail, then fsync.
     pub(crate) fn close(&mut self) -> anyhow::Result<()> {
+        let held = self.resets.all();
+        self.write_resets(held)?;
         self.checkpoint()?;
         self.sync()
     }
@@ -184,15 +211,32 @@ impl AuditLog {
         Ok(())
     }
 
-    fn write_line(&mut self, line: &AuditLine) -> anyhow::Result<()> {
+    /// Gives `line` its place in the chain (and signs it, if it is a checkpoint).
+    fn stamp(&self, line: &mut AuditLine) -> anyhow::Result<(Vec<u8>, String)> {
+        line.seq = self.next_seq;
+        line.prev = self.head.clone();
+        if let Some(checkpoint) = &mut line.checkpoint {
+            checkpoint.signature = self.key.sign_hex(&checkpoint.message(line.seq, &line.prev));
+        }
         let mut bytes = serde_json::to_vec(line)?;
         let hash = hash_hex(&bytes);
         bytes.push(b'\n');
-        if self.size > 0 && self.size + bytes.len() as u64 > self.options.max_bytes {
+        Ok((bytes, hash))
+    }
+
+    /// Appends `line`, first rotating the file if it would grow past `max_bytes` (unless
+    /// `may_rotate` is false: the lines that record a rotation go into the file it started).
+    fn write_line(&mut self, mut line: AuditLine, may_rotate: bool) -> anyhow::Result<()> {
+        let (mut bytes, mut hash) = self.stamp(&mut line)?;
+        if may_rotate && self.size > 0 && self.size + bytes.len() as u64 > self.options.max_bytes {
             self.sync()?;
-            rotate_file(&self.options.path, self.options.keep)?;
+            let discarded = rotate_file(&self.options.path, self.options.keep)?;
             self.file = open_active(&self.options.path)?;
             self.size = 0;
+            if let Some(discarded) = discarded {
+                self.record_discard(discarded)?;
+                (bytes, hash) = self.stamp(&mut line)?;
+            }
         }
         // One write(2) on an O_APPEND file: a crash leaves at worst one partial last line.
         self.file.write_all(&bytes).context("writing the audit log")?;
@@ -204,6 +248,24 @@ impl AuditLog {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Rotation deleted the oldest files: says so in the log (sealed by a checkpoint at once)
+    /// and in the agent's log. `audit verify` accepts a chain that starts after seq 1 only with
+    /// this line.
+    fn record_discard(&mut self, discarded: Discarded) -> anyhow::Result<()> {
+        tracing::warn!(
+            file = %self.options.path.display(),
+            files = discarded.files,
+            first_seq = discarded.first_seq,
+            last_seq = discarded.last_seq,
+            last_head = %discarded.last_head,
+            keep = self.options.keep,
+            "audit log rotation deleted the oldest files, which nobody verified here; \
+             ship the log elsewhere or raise --audit-keep to keep that evidence"
+        );
+        self.write_line(AuditLine { discarded: Some(discarded), ..AuditLine::unstamped() }, false)?;
+        self.checkpoint_line(false)
     }
 }
 
@@ -242,8 +304,9 @@ pub(crate) fn rotated(path: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Renames the active file to the next `path.N` and deletes rotated files beyond `keep`.
-fn rotate_file(path: &Path, keep: usize) -> anyhow::Result<()> {
+/// Renames the active file to the next `path.N` and deletes rotated files beyond `keep`; says
+/// what it deleted.
+fn rotate_file(path: &Path, keep: usize) -> anyhow::Result<Option<Discarded>> {
     let existing = rotated(path);
     let next = existing.last().map_or(1, |(n, _)| n + 1);
     let mut target = path.as_os_str().to_owned();
@@ -253,12 +316,33 @@ fn rotate_file(path: &Path, keep: usize) -> anyhow::Result<()> {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
     let total = existing.len() + 1;
-    for (_, old) in existing.iter().take(total.saturating_sub(keep)) {
+    let deleted = total.saturating_sub(keep);
+    if deleted == 0 {
+        return Ok(None);
+    }
+    // The oldest kept file starts where the deleted ones end.
+    let oldest_kept = existing.get(deleted).map_or_else(|| PathBuf::from(&target), |(_, p)| p.clone());
+    let kept = first_line(&oldest_kept);
+    let first_seq = existing.iter().take(deleted).find_map(|(_, p)| first_line(p)).map_or(0, |l| l.seq);
+    for (_, old) in existing.iter().take(deleted) {
         if let Err(e) = std::fs::remove_file(old) {
             tracing::warn!(file = %old.display(), error = %e, "removing an old audit log");
         }
     }
-    Ok(())
+    Ok(Some(Discarded {
+        time: OffsetDateTime::now_utc(),
+        files: deleted as u64,
+        first_seq,
+        last_seq: kept.as_ref().map_or(0, |l| l.seq.saturating_sub(1)),
+        last_head: kept.map_or_else(String::new, |l| l.prev),
+    }))
+}
+
+/// The first line of an audit file, if it is readable.
+fn first_line(path: &Path) -> Option<AuditLine> {
+    let mut line = String::new();
+    BufReader::new(File::open(path).ok()?).take(1 << 20).read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim_end()).ok()
 }
 
 /// Reads where the chain stands: the last complete line of the active file, or of the newest
@@ -319,8 +403,10 @@ fn read_tail(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
 
 /// The audit log shared by everything that finishes flows. Each record is written (one
 /// `write(2)`) before `closed` returns, so a kernel event is taken off the ring only once its
-/// line is in the file: a `kill -9` loses no record. A thread does the batched fsyncs and the
-/// time-based checkpoints.
+/// line is in the file: a `kill -9` loses no record. Kernel resets are the exception: they are
+/// counted in memory and written once their second is over (a `kill -9` loses at most the
+/// last second's reset lines; `lockmesh_resets_total` and the kernel's counter still count them).
+/// A thread does the batched fsyncs, the reset lines and the time-based checkpoints.
 pub(crate) struct AuditSink {
     log: Arc<Mutex<AuditLog>>,
     stop: mpsc::Sender<()>,
@@ -369,6 +455,12 @@ impl AuditSink {
 impl FlowObserver for AuditSink {
     fn closed(&self, record: &FlowRecord, _was_open: bool) {
         if let Err(e) = locked(&self.log).append_flow(record) {
+            tracing::error!(error = %format!("{e:#}"), flow = %record.id, "audit log write failed");
+        }
+    }
+
+    fn reset(&self, record: &FlowRecord) {
+        if let Err(e) = locked(&self.log).append_reset(record) {
             tracing::error!(error = %format!("{e:#}"), flow = %record.id, "audit log write failed");
         }
     }

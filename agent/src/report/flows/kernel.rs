@@ -129,7 +129,7 @@ impl KernelFlows {
             None => reason.to_string(),
         });
         record.close(at, 0, 0);
-        self.sink.finished(record);
+        self.sink.reset(record);
     }
 }
 

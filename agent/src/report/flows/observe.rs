@@ -8,4 +8,10 @@ pub(crate) trait FlowObserver: Send + Sync {
     /// A flow is over: closed after being open (`was_open`), or reported finished (a denial, a
     /// reset, an error) without ever having been open.
     fn closed(&self, _record: &FlowRecord, _was_open: bool) {}
+    /// A plaintext SYN the kernel reset (STRICT): a finished flow that may come by the
+    /// thousand per second from one source. The audit log counts these per source, destination,
+    /// port and second; every other observer sees it as any finished flow.
+    fn reset(&self, record: &FlowRecord) {
+        self.closed(record, false);
+    }
 }

@@ -137,6 +137,18 @@ impl FlowSink {
         }
     }
 
+    /// Stores a kernel reset (see [`FlowObserver::reset`]). The flow table keeps each one, as
+    /// any closed flow: it is bounded (`--max-closed-flows`, evictions counted) and
+    /// `/flows?follow` shows resets as they happen, source port included.
+    pub(crate) fn reset(&self, record: FlowRecord) {
+        for observer in self.observers.iter() {
+            observer.reset(&record);
+        }
+        if let Ok(mut table) = self.table.lock() {
+            table.insert_closed(record);
+        }
+    }
+
     /// Stores a flow rebuilt from its close event alone (its open was never seen here).
     pub(crate) fn recovered(&self, record: FlowRecord) {
         self.notify_finished(&record);

@@ -118,3 +118,17 @@ fn reset_series_are_capped_by_port() {
         .unwrap();
     assert!(other.ends_with(" 10"), "{other}");
 }
+
+#[test]
+fn kernel_resets_count_one_by_one() {
+    // The audit log counts resets per second; metrics see each one (FlowObserver::reset).
+    let metrics = Metrics::new();
+    let mut reset = flow(1);
+    reset.verdict = Verdict::Reset;
+    for _ in 0..1000 {
+        metrics.reset(&reset);
+    }
+    let text = metrics.render(FlowStats::default(), CounterValues::default(), 0, &[], &Bounds::default());
+    let line = text.lines().find(|l| l.starts_with("lockmesh_resets_total")).unwrap();
+    assert!(line.ends_with(" 1000"), "{line}");
+}

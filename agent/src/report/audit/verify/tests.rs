@@ -106,3 +106,38 @@ fn signatures_and_keys_are_checked() {
     assert_eq!(pub_file_for(Path::new("/x/audit.log.12")), PathBuf::from("/x/audit.log.pub"));
     assert_eq!(pub_file_for(Path::new("/x/audit.log")), PathBuf::from("/x/audit.log.pub"));
 }
+
+#[test]
+fn a_chain_that_does_not_start_at_seq_1_needs_a_discarded_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = log(dir.path());
+    // The first two lines deleted by hand: nothing vouches for it.
+    let report = check(dir.path(), &lines[2..], "");
+    assert_eq!(first(&report), (ProblemKind::Unvouched, 1));
+    assert!(report.problems[0].detail.contains("starts at seq 3"), "{}", report.problems[0]);
+    assert!(!report.summary.from_genesis);
+    // A `discarded` line naming them (as rotation writes it) vouches for the gap…
+    let third: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    let vouching = |last_head: &str| Discarded {
+        time: time::OffsetDateTime::now_utc(),
+        files: 1,
+        first_seq: 1,
+        last_seq: 2,
+        last_head: last_head.to_string(),
+    };
+    let with = |d: Discarded| {
+        let tail = crate::report::audit::chain::AuditLine {
+            seq: 8,
+            prev: hash_hex(lines[6].as_bytes()),
+            discarded: Some(d),
+            ..crate::report::audit::chain::AuditLine::unstamped()
+        };
+        format!("{}\n", serde_json::to_string(&tail).unwrap())
+    };
+    let good = check(dir.path(), &lines[2..], &with(vouching(third["prev"].as_str().unwrap())));
+    assert_eq!(good.problems, vec![]);
+    assert_eq!(good.summary.vouched.map(|d| d.last_seq), Some(2));
+    // …only if it names the last deleted line's hash.
+    let wrong = check(dir.path(), &lines[2..], &with(vouching(GENESIS)));
+    assert_eq!(first(&wrong), (ProblemKind::Unvouched, 1));
+}

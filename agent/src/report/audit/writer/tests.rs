@@ -84,6 +84,7 @@ fn a_flow_replayed_after_a_crash_is_logged_once() {
 
 #[test]
 fn retention_keeps_the_newest_rotated_files() {
+    // What rotation deleted is vouched for by its `discarded` line (see below).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let mut log = AuditLog::open(
@@ -170,4 +171,66 @@ fn audit_throughput() {
             verify_started.elapsed()
         );
     }
+}
+
+/// A kernel reset 10.0.0.9 → 10.0.0.2:8080 at `T + ms` milliseconds.
+fn reset(ms: i64) -> FlowRecord {
+    let mut record = flow(0);
+    record.src.ip = [10, 0, 0, 9].into();
+    record.start =
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap() + time::Duration::milliseconds(ms);
+    record.end = Some(record.start);
+    record
+}
+
+#[test]
+fn a_reset_flood_is_one_counted_line_per_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(options(&path), NodeKey::ephemeral().unwrap()).unwrap();
+    log.append_flow(&flow(1)).unwrap();
+    // 10 000 resets a second for 3 seconds (timestamps in the past: written at the next tick).
+    for i in 0..30_000 {
+        log.append_reset(&reset(i / 10)).unwrap();
+    }
+    log.append_flow(&flow(2)).unwrap();
+    let before_tick = lines(&path);
+    assert_eq!(before_tick.len(), 2, "resets are held until their second is over");
+    log.tick().unwrap();
+    // One more in a second still running is written at shutdown.
+    log.append_reset(&FlowRecord { start: OffsetDateTime::now_utc(), ..reset(0) }).unwrap();
+    log.close().unwrap();
+    let written = lines(&path);
+    let groups: Vec<&ResetGroup> = written.iter().filter_map(|l| l.resets.as_ref()).collect();
+    assert_eq!(groups.iter().map(|g| g.count).collect::<Vec<_>>(), vec![10_000, 10_000, 10_000, 1]);
+    assert_eq!(written.iter().filter(|l| l.flow.is_some()).count(), 2, "other flows stay one per line");
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    assert!(bytes < 8_000, "30 001 resets in {bytes} bytes");
+    let report = verify_files(&all_files(&path), None).unwrap();
+    assert_eq!(report.problems, vec![]);
+    assert_eq!((report.summary.resets, report.summary.reset_lines), (30_001, 4));
+}
+
+#[test]
+fn rotation_that_deletes_files_says_so_and_verify_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let opts = AuditOptions { max_bytes: 1500, keep: 2, ..options(&path) };
+    let mut log = AuditLog::open(opts, NodeKey::ephemeral().unwrap()).unwrap();
+    for id in 0..20 {
+        log.append_flow(&flow(id)).unwrap();
+    }
+    log.close().unwrap();
+    let files = all_files(&path);
+    let oldest = lines(&files[0]).remove(0);
+    let discards: Vec<Discarded> = files.iter().flat_map(|f| lines(f)).filter_map(|l| l.discarded).collect();
+    let last = discards.last().unwrap();
+    assert_eq!((last.last_seq + 1, &last.last_head), (oldest.seq, &oldest.prev), "{discards:?}");
+    assert!(last.files == 1 && (1..=last.last_seq).contains(&last.first_seq), "{last:?}");
+    let report = verify_files(&files, None).unwrap();
+    assert_eq!(report.problems, vec![]);
+    assert_eq!(report.summary.vouched.as_ref(), Some(last));
+    // The same files with the newest (and its discarded line) left out: history missing.
+    let report = verify_files(&files[..files.len() - 1], None).unwrap();
+    assert!(report.problems.iter().any(|p| p.kind == ProblemKind::Unvouched), "{:?}", report.problems);
 }
