@@ -2,6 +2,7 @@
 //! userspace mutual-TLS tunnels (stunnel4, HAProxy), on one two-node testbed, variants
 //! interleaved round-robin, medians of the repetitions; a markdown table, an SVG chart and a
 //! JSON file under `bench/results/`.
+mod kernel_cost;
 mod measures;
 pub mod report;
 mod variants;
@@ -113,6 +114,8 @@ pub struct Results {
     /// Plaintext connection attempts reset per second by the STRICT destination.
     pub strict_resets_per_sec: Option<f64>,
     pub strict_note: String,
+    /// lockmesh's eBPF programs: runs and time over the whole bench (both agents).
+    pub program_costs: BTreeMap<String, kernel_cost::ProgramCost>,
     pub failures: Vec<String>,
 }
 
@@ -227,6 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
 
     let mut results = Results::default();
+    let stats = kernel_cost::StatsEnabled::on().context("enabling kernel.bpf_stats_enabled")?;
     step::run("idle memory: data-path RSS idle and with idle connections held", || {
         bench.idle_memory(&binaries.testapp, &profile, nofile, &mut results)
     })?;
@@ -237,6 +241,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     step::run("STRICT: plaintext connection flood against the STRICT pod", || {
         bench.strict_flood(&binaries.testapp, &profile, &mut results)
     })?;
+    results.program_costs = kernel_cost::collect(&agents, &bench.agent_pids);
+    drop(stats);
 
     let out_dir = args.out.unwrap_or_else(|| crate::workspace_root().join("bench").join("results"));
     let written = report::write(&out_dir, &facts, &profile, &results, started.elapsed())?;

@@ -240,6 +240,20 @@ fn markdown(machine: &Machine, profile: &Profile, results: &Results, elapsed: Du
         held.join(", "),
         results.strict_note
     );
+    if !results.program_costs.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nlockmesh's eBPF programs over the whole run (kernel accounting, `kernel.bpf_stats_enabled`; \
+             the STRICT guard runs per packet into an enrolled pod, the anti-spoofing/egress guard per packet \
+             out of one, the others per socket event):\n"
+        );
+        let _ = writeln!(md, "| program | runs | ns per run |");
+        let _ = writeln!(md, "|---|--:|--:|");
+        for (name, cost) in &results.program_costs {
+            let per_run = cost.ns_per_run().map(|ns| format!("{ns:.0}")).unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(md, "| `{name}` | {} | {per_run} |", cost.runs);
+        }
+    }
     if !results.failures.is_empty() {
         let _ = writeln!(md, "\nFailed runs (left out of the medians):\n");
         for f in &results.failures {
@@ -273,6 +287,7 @@ fn to_json(machine: &Machine, profile: &Profile, results: &Results, elapsed: Dur
             .collect::<serde_json::Map<_, _>>(),
         "strict_plaintext_resets_per_sec": results.strict_resets_per_sec,
         "strict_note": results.strict_note,
+        "program_costs": results.program_costs,
         "failures": results.failures,
     })
 }
