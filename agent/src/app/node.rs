@@ -77,7 +77,8 @@ impl Node {
         let problems = self.maps.sync_all(&kernel, &self.enrolment, &self.classes);
         self.show_map_problems(problems);
         self.guards.guard_pods(&mut self.datapath, &self.enrolment).await;
-        let problems = self.guards.guard_sources(&mut self.datapath, &mut self.maps, &self.enrolment);
+        let problems =
+            self.guards.guard_sources(&mut self.datapath, &mut self.maps, &self.enrolment, &self.classes);
         self.show_map_problems(problems);
         self.engine.retire(self.enrolment.pods()).await;
         self.identities.retain(self.enrolment.pods().map(|p| p.workload.identity(&options.trust_domain)));

@@ -33,6 +33,11 @@ impl Classes {
         id
     }
 
+    /// The number of `namespace`, if it has one.
+    pub(crate) fn get(&self, namespace: &str) -> Option<u32> {
+        self.ids.get(namespace).copied()
+    }
+
     /// The namespace numbered `class`, for messages.
     pub(crate) fn name_of(&self, class: u32) -> Option<&str> {
         self.ids.iter().find(|(_, id)| **id == class).map(|(name, _)| name.as_str())

@@ -7,8 +7,15 @@ use super::{
     Datapath,
     sync::{KernelMaps, MapProblem},
 };
+use lockmesh_common::PodIface;
+
 use crate::{
-    cluster::model::ObjectKey, desired::enrolment::Enrolment, desired::maps::pod_sources, sys::podnet,
+    cluster::model::ObjectKey,
+    desired::{
+        enrolment::Enrolment,
+        maps::{Classes, pod_sources},
+    },
+    sys::podnet,
 };
 
 /// The host-side interface each enrolled pod's guards are on, with the namespace they were
@@ -68,6 +75,7 @@ impl Guards {
         datapath: &mut Datapath,
         maps: &mut KernelMaps,
         enrolment: &Enrolment,
+        classes: &Classes,
     ) -> Vec<MapProblem> {
         let mut interfaces = Vec::new();
         for pod in enrolment.pods() {
@@ -77,21 +85,26 @@ impl Guards {
                     ifindex,
                     interface.clone(),
                     pod.workload.key.to_string(),
+                    pod.workload.key.namespace.as_str(),
                     &pod.workload.addresses[..],
                 )),
                 // The pod is going away; its guards go with the next reconcile.
                 Err(e) => tracing::debug!(%interface, error = %e, "pod interface gone"),
             }
         }
-        let sources = pod_sources(interfaces.iter().map(|(ifindex, _, _, addrs)| (*ifindex, *addrs)));
-        let pods: HashMap<u32, String> = interfaces.iter().map(|(i, _, pod, _)| (*i, pod.clone())).collect();
+        let sources = pod_sources(interfaces.iter().map(|(ifindex, _, _, _, addrs)| (*ifindex, *addrs)));
+        let pods: HashMap<u32, String> =
+            interfaces.iter().map(|(i, _, pod, _, _)| (*i, pod.clone())).collect();
         let (problem, incomplete) = maps.sync_pod_sources(&sources, &pods);
-        let ifaces: BTreeMap<u32, u32> = interfaces
+        let ifaces: BTreeMap<u32, PodIface> = interfaces
             .iter()
-            .filter_map(|(ifindex, _, _, addrs)| addrs.first().map(|ip| (*ifindex, u32::from(*ip).to_be())))
+            .filter_map(|(ifindex, _, _, namespace, addrs)| {
+                let class = classes.get(namespace)?;
+                addrs.first().map(|ip| (*ifindex, PodIface { ip4: u32::from(*ip).to_be(), class }))
+            })
             .collect();
         let ifaces_problem = maps.sync_pod_ifaces(&ifaces, &pods);
-        for (ifindex, interface, _, _) in &interfaces {
+        for (ifindex, interface, _, _, _) in &interfaces {
             if incomplete.contains(ifindex) {
                 continue;
             }

@@ -36,7 +36,7 @@ pub(super) type ExemptMap = SyncedMap<ExemptKey, u32>;
 /// Addresses each enrolled pod may send from (anti-spoofing).
 pub(super) type PodSourcesMap = SyncedMap<SourceKey, u32>;
 /// Each guarded pod's IPv4 address by its host-side interface index (IPv6 STRICT).
-pub(super) type PodIfacesMap = SyncedMap<u32, u32>;
+pub(super) type PodIfacesMap = SyncedMap<u32, lockmesh_common::PodIface>;
 
 /// A write (an insert or a removal) the kernel refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -215,6 +215,7 @@ pub(crate) struct CounterValues {
     pub spoof_drops: u64,
     pub strict_drops: u64,
     pub ipv6_refused: u64,
+    pub uncaptured_resets: u64,
 }
 
 impl Counters {
@@ -236,6 +237,7 @@ impl Counters {
             spoof_drops: sum(counter::SPOOF_DROPS)?,
             strict_drops: sum(counter::STRICT_DROPS)?,
             ipv6_refused: sum(counter::IPV6_REFUSED)?,
+            uncaptured_resets: sum(counter::UNCAPTURED_RESETS)?,
         })
     }
 }

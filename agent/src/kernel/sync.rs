@@ -3,7 +3,7 @@
 //! counted, returned for `/readyz`, and retried at the next sync.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lockmesh_common::{SourceKey, maps as map_names};
+use lockmesh_common::{PodIface, SourceKey, maps as map_names};
 
 use super::{
     Datapath,
@@ -138,11 +138,11 @@ impl KernelMaps {
         (problem, incomplete)
     }
 
-    /// Makes `POD_IFACES` hold `desired` (interface index → the pod's IPv4 address, network
-    /// order); `pods` names each interface's pod. Returns the map's problem.
+    /// Makes `POD_IFACES` hold `desired` (interface index → the pod's IPv4 address and class);
+    /// `pods` names each interface's pod. Returns the map's problem.
     pub(crate) fn sync_pod_ifaces(
         &mut self,
-        desired: &BTreeMap<u32, u32>,
+        desired: &BTreeMap<u32, PodIface>,
         pods: &HashMap<u32, String>,
     ) -> MapProblem {
         let outcome = self.pod_ifaces.sync(desired);

@@ -108,6 +108,7 @@ pub(crate) struct Metrics {
     spoof_drops: Counter,
     strict_drops: Counter,
     ipv6_refused: Counter,
+    uncaptured_resets: Counter,
     kernel_received: Counter,
     cert_expiry: Family<IdentityLabels, Gauge>,
     map_entries: Family<MapLabels, Gauge>,
@@ -179,6 +180,11 @@ impl Metrics {
             "lockmesh_ipv6_connects_refused",
             "IPv6 connects of enrolled pods refused in the kernel (the engine does not tunnel IPv6: refused rather than sent in clear)",
             metrics.ipv6_refused.clone(),
+        );
+        r.register(
+            "lockmesh_uncaptured_connections_reset",
+            "Plaintext SYNs enrolled pods sent, uncaptured, to destinations their policy tunnels (the engine's socket mark set by an app, raw sockets), reset in the kernel",
+            metrics.uncaptured_resets.clone(),
         );
         r.register(
             "lockmesh_connections_limited",
@@ -287,6 +293,7 @@ impl Metrics {
         catch_up(&self.spoof_drops, kernel.spoof_drops);
         catch_up(&self.strict_drops, kernel.strict_drops);
         catch_up(&self.ipv6_refused, kernel.ipv6_refused);
+        catch_up(&self.uncaptured_resets, kernel.uncaptured_resets);
         catch_up(&self.kernel_received, kernel_events_received);
         self.cert_expiry.clear();
         for cert in certificates {

@@ -132,6 +132,10 @@ pub mod refusal {
     pub const FRAGMENT: u32 = 3;
     /// A TCP/IP header that cannot be fully parsed (truncated, IPv6 extension headers): dropped.
     pub const UNPARSED: u32 = 4;
+    /// A plaintext SYN an enrolled pod sent, uncaptured, to a destination its policy tunnels
+    /// (an app that set the engine's socket mark, a raw socket): answered with a RST inside the
+    /// pod. `local` is the pod (the client here), `remote` the destination.
+    pub const UNCAPTURED: u32 = 5;
 }
 
 /// Key of the `STRICT_EXEMPT` map: plaintext from `src_ip4` to `port` of the pod `dst_ip4` is let
@@ -182,6 +186,16 @@ impl ConnKey {
     pub const fn mapped(ip4: u32) -> [u32; 4] {
         [0, 0, MAPPED_PREFIX_WORD, ip4]
     }
+}
+
+/// Value of `POD_IFACES`: the pod behind a host-side interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodIface {
+    /// The pod's IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Its policy class (see [`EnrolledPod::class`]).
+    pub class: u32,
 }
 
 /// A captured connection's original destination.
@@ -283,8 +297,10 @@ pub mod counter {
     pub const STRICT_DROPS: u32 = 6;
     /// IPv6 connects of enrolled pods refused (the engine does not tunnel IPv6 yet).
     pub const IPV6_REFUSED: u32 = 7;
+    /// Plaintext SYNs enrolled pods sent uncaptured to destinations their policy tunnels, reset.
+    pub const UNCAPTURED_RESETS: u32 = 8;
     /// Number of counters (the array's size).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// TCP state numbers from include/net/tcp_states.h.
@@ -320,4 +336,6 @@ mod user {
     unsafe impl aya::Pod for super::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodIface {}
 }

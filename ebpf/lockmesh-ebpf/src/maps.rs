@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lockmesh_common::{
-    CaptureKey, ConnKey, EnrolledPod, ExemptKey, FlowStart, OrigDst, PortKey, SourceKey, StrictKey, counter,
+    CaptureKey, ConnKey, EnrolledPod, ExemptKey, FlowStart, OrigDst, PodIface, PortKey, SourceKey, StrictKey,
+    counter,
 };
 
 /// Enrolled pods by network-namespace cookie. The agent owns it; programs only read it.
@@ -63,10 +64,10 @@ pub static POD_SOURCES: HashMap<SourceKey, u32> = HashMap::with_max_entries(8192
 #[map(name = "POD_INITIATED")]
 pub static POD_INITIATED: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Each guarded pod's IPv4 address by its host-side interface: the STRICT guard finds the pod's
-/// policy for IPv6 packets, whose addresses the agent does not know, through it.
+/// Each guarded pod by its host-side interface: the STRICT guard finds the pod's policy for IPv6
+/// packets (whose addresses the agent does not know) through it, the egress guard its class.
 #[map(name = "POD_IFACES")]
-pub static POD_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+pub static POD_IFACES: HashMap<u32, PodIface> = HashMap::with_max_entries(8192, 0);
 
 /// Per-CPU counters, indexed by `lockmesh_common::counter`.
 #[map(name = "COUNTERS")]

@@ -160,37 +160,29 @@ fn check4(ctx: &TcContext) -> Result<i32, i64> {
         // IP options: do not bother answering, but never let it through.
         return Ok(TC_ACT_SHOT);
     }
+    if is_syn {
+        return Ok(reset_syn4(ctx, BPF_F_INGRESS));
+    }
     // SAFETY: the context's skb pointer, valid for the program's run.
     let shrunk = unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut _, (TCP_OFF + TCP_HLEN) as u32, 0) };
     if shrunk != 0 {
         return Ok(TC_ACT_SHOT);
     }
     let macs: [u8; 12] = ctx.load(0)?;
-    if !is_syn {
-        // Into the pod first: a RST at the segment's own sequence number closes the pod's socket
-        // of a live connection (a listener ignores it).
-        write_rst4(
-            ctx,
-            &macs,
-            false,
-            &Rst { seq: segment.seq, ack: 0, flags: RST },
-            src_ip,
-            dst_ip,
-            &segment,
-        )?;
-        // SAFETY: the context's skb pointer; the clone leaves by this veth, into the pod.
-        unsafe {
-            let ifindex = (*ctx.skb.skb).ifindex;
-            bpf_clone_redirect(ctx.skb.skb as *mut _, ifindex, 0);
-        }
+    // Into the pod first: a RST at the segment's own sequence number closes the pod's socket of
+    // a live connection (a listener ignores it).
+    let into_pod = Rst { seq: segment.seq, ack: 0, flags: RST };
+    write_rst4(ctx, &macs, false, &into_pod, src_ip, dst_ip, &segment)?;
+    // SAFETY: the context's skb pointer; the clone leaves by this veth, into the pod.
+    unsafe {
+        let ifindex = (*ctx.skb.skb).ifindex;
+        bpf_clone_redirect(ctx.skb.skb as *mut _, ifindex, 0);
     }
-    let back = if is_syn {
-        Rst { seq: 0, ack: segment.seq.wrapping_add(1), flags: RST | ACK }
-    } else if segment.flags & ACK != 0 {
-        Rst { seq: segment.ack_seq, ack: 0, flags: RST }
-    } else {
+    // Then back to the client, at the sequence number it expects next.
+    if segment.flags & ACK == 0 {
         return Ok(TC_ACT_SHOT);
-    };
+    }
+    let back = Rst { seq: segment.ack_seq, ack: 0, flags: RST };
     write_rst4(ctx, &macs, true, &back, dst_ip, src_ip, &segment)?;
     Ok(back_to_sender(ctx))
 }
@@ -200,7 +192,7 @@ fn check6(ctx: &TcContext) -> Result<i32, i64> {
     // SAFETY: the context's skb pointer, valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain u32 copied out at once.
-    let Some(pod_ip4) = (unsafe { POD_IFACES.get(&ifindex).copied() }) else {
+    let Some(pod_ip4) = (unsafe { POD_IFACES.get(&ifindex).map(|pod| pod.ip4) }) else {
         return Ok(TC_ACT_OK); // not a guarded pod (yet): nothing is STRICT on it
     };
     let src: [u32; 4] = ctx.load(ETH_HLEN + 8)?;
@@ -309,7 +301,14 @@ fn is_exempt(src_ip4: u32, dst_ip4: u32, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn report(pod_ip: u32, pod_port: u16, client_ip: u32, client_port: u16, client_ip6: [u32; 4], reason: u32) {
+pub(crate) fn report(
+    pod_ip: u32,
+    pod_port: u16,
+    client_ip: u32,
+    client_port: u16,
+    client_ip6: [u32; 4],
+    reason: u32,
+) {
     let event = FlowEvent {
         kind: event_kind::RESET,
         // SAFETY: helper without arguments.
@@ -391,6 +390,33 @@ fn tcp_header(segment: &Segment, rst: &Rst, back: bool, pseudo: u32) -> [u8; TCP
     let sum = fold(sum_words(&tcp, pseudo));
     tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     tcp
+}
+
+/// Answers the IPv4 SYN in `ctx` (a 20-byte IP header) with the RST|ACK a closed port would
+/// send, redirected by the veth the program runs on with `redirect_flags` (`BPF_F_INGRESS` from
+/// TC egress, 0 from TC ingress: back towards the sender either way). A packet that cannot be
+/// rewritten is dropped.
+#[inline(always)]
+pub(crate) fn reset_syn4(ctx: &TcContext, redirect_flags: u64) -> i32 {
+    let rewritten = || -> Result<(), i64> {
+        let src_ip: u32 = ctx.load(ETH_HLEN + 12)?;
+        let dst_ip: u32 = ctx.load(ETH_HLEN + 16)?;
+        let segment = Segment::read(ctx, TCP_OFF, ConnKey::mapped(src_ip), ConnKey::mapped(dst_ip))?;
+        let macs: [u8; 12] = ctx.load(0)?;
+        // SAFETY: the context's skb pointer, valid for the program's run.
+        if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut _, (TCP_OFF + TCP_HLEN) as u32, 0) } != 0 {
+            return Err(0);
+        }
+        let back = Rst { seq: 0, ack: segment.seq.wrapping_add(1), flags: RST | ACK };
+        write_rst4(ctx, &macs, true, &back, dst_ip, src_ip, &segment)
+    };
+    if rewritten().is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the context's skb pointer; ifindex of the veth the program runs on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
+    unsafe { bpf_redirect(ifindex, redirect_flags) as i32 }
 }
 
 /// Sends the rewritten packet back through the veth it was about to leave, towards its sender.

@@ -11,6 +11,7 @@ mod evidence;
 mod fragments;
 mod ipv6;
 mod live;
+mod mark;
 mod probes;
 mod upgrade;
 

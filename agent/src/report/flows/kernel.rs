@@ -101,6 +101,9 @@ impl KernelFlows {
     /// Plaintext the kernel's STRICT guard refused: a SYN or a segment answered with a RST, a
     /// fragment or an unparsable header dropped.
     fn reset(&self, event: &FlowEvent) {
+        if event.reason == refusal::UNCAPTURED {
+            return self.uncaptured(event);
+        }
         let pod_ip = Ipv4Addr::from(u32::from_be(event.local_ip4));
         let client_ip = Ipv4Addr::from(u32::from_be(event.remote_ip4));
         let client_ip6 = (event.remote_ip6 != [0; 4]).then(|| {
@@ -128,6 +131,34 @@ impl KernelFlows {
             Some(ip6) => format!("{reason} (IPv6 client [{ip6}]:{})", event.remote_port),
             None => reason.to_string(),
         });
+        record.close(at, 0, 0);
+        self.sink.reset(record);
+    }
+}
+
+impl KernelFlows {
+    /// A plaintext SYN an enrolled pod sent, uncaptured, to a destination its policy tunnels:
+    /// recorded by the source (the pod is the client), reset in its own namespace.
+    fn uncaptured(&self, event: &FlowEvent) {
+        let pod_ip = Ipv4Addr::from(u32::from_be(event.local_ip4));
+        let dst_ip = Ipv4Addr::from(u32::from_be(event.remote_ip4));
+        let inventory = self.sink.inventory();
+        let src = match inventory.workload_by_ip(pod_ip) {
+            Some(pod) => self.sink.local_endpoint(pod, pod_ip, event.local_port),
+            None => self.sink.remote_endpoint(pod_ip, event.local_port, None),
+        };
+        drop(inventory);
+        let dst = self.sink.remote_endpoint(dst_ip, event.remote_port, None);
+        let at = self.clock.wall(event.ts_ns);
+        let key = self.sink.synthetic_key();
+        let mut record = self.sink.record(key, at, Reporter::Source, src, dst, Encryption::Plaintext);
+        self.sink.annotate_server(&mut record);
+        record.verdict = Verdict::Reset;
+        record.reason = Some(
+            "plaintext connection the capture did not take (the engine's socket mark set by the app, a raw \
+             socket) to a destination the pod's policy tunnels: reset inside the pod, in the kernel"
+                .into(),
+        );
         record.close(at, 0, 0);
         self.sink.reset(record);
     }
