@@ -47,7 +47,7 @@ fn marked_get(tb: &Testbed, pod: &str, to: SocketAddrV4) -> std::io::Result<Stri
     .unwrap()?;
     let mut stream = stream;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: details\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
@@ -85,7 +85,7 @@ fn an_app_setting_the_engine_mark_cannot_leave_in_clear() {
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "{error}");
     assert_eq!(unmarked["status"], 200, "the app's ordinary connections are tunnelled: {unmarked}");
     assert!(!capture.contains(MARKER.as_bytes()), "plaintext on the wire:\n{}", capture.summary);
-    assert!(kernel_counter(&agent1, "uncaptured_resets") >= 1);
+    super::until("the reset counted", || kernel_counter(&agent1, "uncaptured_resets") >= 1);
     let record = refusal_record(&agent1, "capture did not take");
     assert_eq!(record["reporter"], "source", "{record}");
     assert_eq!(record["src"]["workload"], "productpage", "{record}");
