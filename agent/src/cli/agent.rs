@@ -94,8 +94,9 @@ pub struct AgentArgs {
     pub max_enrolled: u32,
 
     /// Capacity of another eBPF map, `NAME=ENTRIES` (repeatable): CAPTURE, STRICT,
-    /// STRICT_EXEMPT, POD_SOURCES, ORIG_DST, ORIG_DST_BY_PORT, FIN_WAIT2_RCV_NXT (defaults and
-    /// what each holds: README, "Bounds"). Maps of other sizes are pinned apart.
+    /// STRICT_EXEMPT, POD_SOURCES, ORIG_DST, ORIG_DST_BY_PORT, FIN_WAIT2_RCV_NXT, FLOW_STARTS,
+    /// POD_INITIATED, POD_IFACES (defaults and what each holds: README, "Bounds"). Maps of other
+    /// sizes are pinned apart; the previous agent's stay in place until the new config is in.
     #[arg(long, value_name = "NAME=ENTRIES", value_parser = parse_map_entries)]
     pub bpf_map_entries: Vec<(String, u32)>,
 

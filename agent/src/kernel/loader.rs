@@ -279,7 +279,7 @@ impl Datapath {
     }
 
     /// Starts counting the entries of the maps the kernel writes (`ORIG_DST`,
-    /// `ORIG_DST_BY_PORT`, `FIN_WAIT2_RCV_NXT`, `FLOW_STARTS`) every [`COUNT_EVERY`](stats::COUNT_EVERY), through handles of
+    /// `ORIG_DST_BY_PORT`, `FIN_WAIT2_RCV_NXT`, `FLOW_STARTS`, `POD_INITIATED`) every [`COUNT_EVERY`](stats::COUNT_EVERY), through handles of
     /// their own.
     pub(crate) fn count_kernel_maps(&mut self) -> anyhow::Result<()> {
         let pinned = |name: &str| -> anyhow::Result<Map> {
@@ -303,6 +303,10 @@ impl Datapath {
             stats::Countable::new::<u64, lockmesh_common::FlowStart>(
                 map_names::FLOW_STARTS,
                 pinned(map_names::FLOW_STARTS)?,
+            )?,
+            stats::Countable::new::<lockmesh_common::ConnKey, u32>(
+                map_names::POD_INITIATED,
+                pinned(map_names::POD_INITIATED)?,
             )?,
         ];
         stats::count_forever(maps, self.stats.clone())
