@@ -153,7 +153,7 @@ pub fn render(checks: &[WorkloadCheck]) -> String {
         if check.mtls.mode == "STRICT" || check.ports.values().any(|m| m.mode == "STRICT") {
             let _ = writeln!(
                 out,
-                "  (STRICT: plaintext SYNs are reset in the kernel; port 15008, probe exemptions and --strict-exempt sources pass)"
+                "  (STRICT: plaintext connections are reset in the kernel, per connection; port 15008, probe exemptions and --strict-exempt sources pass)"
             );
         }
         if !check.probes.is_empty() {
