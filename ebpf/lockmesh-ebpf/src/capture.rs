@@ -32,6 +32,17 @@ macro_rules! addr_field {
     };
 }
 
+/// The context's IPv6 address (network-order words), each word loaded on its own.
+#[inline(always)]
+fn user_ip6(ctx: &SockAddrContext) -> [u32; 4] {
+    [
+        addr_field!(ctx, user_ip6[0]),
+        addr_field!(ctx, user_ip6[1]),
+        addr_field!(ctx, user_ip6[2]),
+        addr_field!(ctx, user_ip6[3]),
+    ]
+}
+
 #[inline(always)]
 fn port_of(user_port: u32) -> u16 {
     // user_port holds the network-order port in its low 16 bits.
@@ -57,12 +68,7 @@ pub fn lockmesh_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn lockmesh_connect6(ctx: SockAddrContext) -> i32 {
-    let dst = [
-        addr_field!(ctx, user_ip6[0]),
-        addr_field!(ctx, user_ip6[1]),
-        addr_field!(ctx, user_ip6[2]),
-        addr_field!(ctx, user_ip6[3]),
-    ];
+    let dst = user_ip6(&ctx);
     let Some(pod) = pod_connecting(&ctx) else {
         return 1;
     };
@@ -178,12 +184,7 @@ pub fn lockmesh_getsockname4(ctx: SockAddrContext) -> i32 {
 /// `getpeername4` for an `AF_INET6` socket the capture steered to `::ffff:127.0.0.1`.
 #[cgroup_sock_addr(getpeername6)]
 pub fn lockmesh_getpeername6(ctx: SockAddrContext) -> i32 {
-    let ip = [
-        addr_field!(ctx, user_ip6[0]),
-        addr_field!(ctx, user_ip6[1]),
-        addr_field!(ctx, user_ip6[2]),
-        addr_field!(ctx, user_ip6[3]),
-    ];
+    let ip = user_ip6(&ctx);
     let port = port_of(addr_field!(ctx, user_port));
     if ip != [0, 0, MAPPED_PREFIX_WORD, LOOPBACK] || port != engine::OUTBOUND_PORT {
         return 1;
@@ -204,12 +205,7 @@ pub fn lockmesh_getpeername6(ctx: SockAddrContext) -> i32 {
 /// `getsockname4` for an `AF_INET6` socket the capture steered to `::ffff:127.0.0.1`.
 #[cgroup_sock_addr(getsockname6)]
 pub fn lockmesh_getsockname6(ctx: SockAddrContext) -> i32 {
-    let ip = [
-        addr_field!(ctx, user_ip6[0]),
-        addr_field!(ctx, user_ip6[1]),
-        addr_field!(ctx, user_ip6[2]),
-        addr_field!(ctx, user_ip6[3]),
-    ];
+    let ip = user_ip6(&ctx);
     if ip != [0, 0, MAPPED_PREFIX_WORD, LOOPBACK] {
         return 1;
     }

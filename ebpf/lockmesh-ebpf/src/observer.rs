@@ -54,13 +54,20 @@ pub fn lockmesh_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// The connection's IPv4 addresses, also for IPv4-mapped IPv6 sockets (listeners on `::`).
-///
+/// The socket's addresses as sock_ops has them.
+struct Addresses {
+    family: u32,
+    local4: u32,
+    remote4: u32,
+    local6: [u32; 4],
+    remote6: [u32; 4],
+}
+
 /// Every field is loaded unconditionally, before any branch: loads of different fields in
 /// different branches get merged into one load from a computed offset, which the verifier
 /// rejects.
 #[inline(always)]
-fn ipv4_endpoints(ctx: &SockOpsContext) -> Option<(u32, u32)> {
+fn addresses(ctx: &SockOpsContext) -> Addresses {
     let family = ctx_field!(ctx, family);
     let (local4, remote4) = (ctx_field!(ctx, local_ip4), ctx_field!(ctx, remote_ip4));
     let local6 = [
@@ -75,13 +82,18 @@ fn ipv4_endpoints(ctx: &SockOpsContext) -> Option<(u32, u32)> {
         ctx_field!(ctx, remote_ip6[2]),
         ctx_field!(ctx, remote_ip6[3]),
     ];
-    if family == AF_INET {
-        return Some((local4, remote4));
+    Addresses { family, local4, remote4, local6, remote6 }
+}
+
+/// The connection's IPv4 addresses, also for IPv4-mapped IPv6 sockets (listeners on `::`).
+#[inline(always)]
+fn ipv4_endpoints(a: &Addresses) -> Option<(u32, u32)> {
+    if a.family == AF_INET {
+        return Some((a.local4, a.remote4));
     }
-    // ::ffff:a.b.c.d: words 0 and 1 zero, word 2 holds the bytes 00 00 ff ff.
-    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    if family == AF_INET6 && local6[..3] == [0, 0, mapped] && remote6[..3] == [0, 0, mapped] {
-        return Some((local6[3], remote6[3]));
+    let mapped = [0, 0, MAPPED_PREFIX_WORD];
+    if a.family == AF_INET6 && a.local6[..3] == mapped && a.remote6[..3] == mapped {
+        return Some((a.local6[3], a.remote6[3]));
     }
     None
 }
@@ -145,7 +157,7 @@ fn on_established(ctx: &SockOpsContext, role: u32) {
             return;
         }
     }
-    let Some((local, remote)) = ipv4_endpoints(ctx) else {
+    let Some((local, remote)) = ipv4_endpoints(&addresses(ctx)) else {
         return;
     };
     // In-pod loopback traffic is not pod-to-pod traffic.
@@ -186,7 +198,7 @@ fn on_connect(ctx: &SockOpsContext) {
     let captured = unsafe { ORIG_DST.get(&cookie) }.is_some();
     // SAFETY: valid context pointer for this helper.
     let netns = unsafe { bpf_get_netns_cookie(ptr) };
-    let pod_initiated = match conn_key(ctx) {
+    let pod_initiated = match conn_key(ctx, &addresses(ctx)) {
         Some(key) if !captured && enrolled(netns).is_some() => POD_INITIATED.insert(&key, &1, 0).is_ok(),
         _ => false,
     };
@@ -198,30 +210,16 @@ fn on_connect(ctx: &SockOpsContext) {
 
 /// The connection as `POD_INITIATED` keys it, from this (pod-side) socket; `None` for loopback
 /// (never crosses the pod's interface) and other families. Fields are loaded before any
-/// branch, as in `ipv4_endpoints`.
+/// branch, as in `addresses`.
 #[inline(always)]
-fn conn_key(ctx: &SockOpsContext) -> Option<ConnKey> {
-    let family = ctx_field!(ctx, family);
-    let (local4, remote4) = (ctx_field!(ctx, local_ip4), ctx_field!(ctx, remote_ip4));
-    let local6 = [
-        ctx_field!(ctx, local_ip6[0]),
-        ctx_field!(ctx, local_ip6[1]),
-        ctx_field!(ctx, local_ip6[2]),
-        ctx_field!(ctx, local_ip6[3]),
-    ];
-    let remote6 = [
-        ctx_field!(ctx, remote_ip6[0]),
-        ctx_field!(ctx, remote_ip6[1]),
-        ctx_field!(ctx, remote_ip6[2]),
-        ctx_field!(ctx, remote_ip6[3]),
-    ];
+fn conn_key(ctx: &SockOpsContext, a: &Addresses) -> Option<ConnKey> {
     let pod_port = ctx_field!(ctx, local_port) as u16;
     // remote_port holds the network-order port in its upper 16 bits.
     let peer_port = u32::from_be(ctx_field!(ctx, remote_port)) as u16;
-    let (pod_ip, peer_ip) = if family == AF_INET {
-        (ConnKey::mapped(local4), ConnKey::mapped(remote4))
-    } else if family == AF_INET6 {
-        (local6, remote6)
+    let (pod_ip, peer_ip) = if a.family == AF_INET {
+        (ConnKey::mapped(a.local4), ConnKey::mapped(a.remote4))
+    } else if a.family == AF_INET6 {
+        (a.local6, a.remote6)
     } else {
         return None;
     };
@@ -283,7 +281,8 @@ fn fins(ctx: &SockOpsContext, old: u32, cookie: u64) -> (u64, u64) {
 fn on_close(ctx: &SockOpsContext, old: u32) {
     // SAFETY: valid context pointer for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
-    if let Some(key) = conn_key(ctx) {
+    let addresses = addresses(ctx);
+    if let Some(key) = conn_key(ctx, &addresses) {
         let _ = POD_INITIATED.remove(&key);
     }
     // A captured connection (the app's end): forget its original destination, report nothing
@@ -308,7 +307,7 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     if enrolled(netns).is_none() {
         return;
     }
-    let Some((local, remote)) = ipv4_endpoints(ctx) else {
+    let Some((local, remote)) = ipv4_endpoints(&addresses) else {
         return;
     };
     let mut ev = event(ctx, event_kind::CLOSE, 0, local, remote);

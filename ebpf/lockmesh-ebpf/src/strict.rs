@@ -79,20 +79,21 @@ struct Segment {
 }
 
 impl Segment {
+    /// One load of the fixed TCP header (every packet into an enrolled pod comes here).
     #[inline(always)]
     fn read(ctx: &TcContext, tcp: usize, client_ip: [u32; 4], pod_ip: [u32; 4]) -> Result<Self, i64> {
-        let data_offset: u8 = ctx.load(tcp + 12)?;
-        if data_offset >> 4 < 5 {
+        let h: [u8; TCP_HLEN] = ctx.load(tcp)?;
+        if h[12] >> 4 < 5 {
             return Err(0);
         }
         Ok(Self {
             client_ip,
             pod_ip,
-            client_port: u16::from_be(ctx.load::<u16>(tcp)?),
-            pod_port: u16::from_be(ctx.load::<u16>(tcp + 2)?),
-            flags: ctx.load(tcp + 13)?,
-            seq: u32::from_be(ctx.load::<u32>(tcp + 4)?),
-            ack_seq: u32::from_be(ctx.load::<u32>(tcp + 8)?),
+            client_port: u16::from_be_bytes([h[0], h[1]]),
+            pod_port: u16::from_be_bytes([h[2], h[3]]),
+            flags: h[13],
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack_seq: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
         })
     }
 
