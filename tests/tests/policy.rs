@@ -48,16 +48,6 @@ fn curl(tb: &Testbed, pod: &str, url: &str) -> (i32, Duration) {
     (code, started.elapsed())
 }
 
-/// Polls until `done` (each try makes real traffic); returns how long it took.
-fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
-
 fn wire_capture(tb: &Testbed, name: &str) -> Capture {
     Capture::start(&tb.node("node2").netns_path(), WIRE_IF, "tcp", tb.work_dir.join(name)).unwrap()
 }
@@ -250,16 +240,6 @@ fn strict_holds_while_the_agent_is_down_and_a_new_agent_takes_over() {
 }
 
 /// curl from the node's own address (as the kubelet probes); returns curl's exit code.
-fn curl_from_node(tb: &Testbed, node: &str, url: &str) -> i32 {
-    let node = tb.node(node);
-    let output = lockmesh_tests::netns::command_in(&node.netns_path(), "curl")
-        .unwrap()
-        .args(["-sS", "--max-time", "5", "--interface", &node.wire_ip.to_string(), url])
-        .output()
-        .unwrap();
-    output.status.code().unwrap_or(-1)
-}
-
 #[test]
 fn kubelet_probes_pass_strict_from_their_node_to_their_port_only() {
     let tb = bookinfo();

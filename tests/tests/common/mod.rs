@@ -91,3 +91,25 @@ pub fn hbone_connections(agent: &Agent) -> u64 {
     let ready: Value = agent.get("/readyz").unwrap().json().unwrap();
     ready["engine"]["hbone_connections"].as_u64().unwrap()
 }
+
+/// Polls until `done` (each try makes real traffic); returns how long it took.
+pub fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// curl from `node`'s own network namespace (what its kubelet does), from the node's address;
+/// returns curl's exit code.
+pub fn curl_from_node(tb: &Testbed, node: &str, url: &str) -> i32 {
+    let node = tb.node(node);
+    let output = lockmesh_tests::netns::command_in(&node.netns_path(), "curl")
+        .unwrap()
+        .args(["-sS", "--max-time", "5", "--interface", &node.wire_ip.to_string(), url])
+        .output()
+        .unwrap();
+    output.status.code().unwrap_or(-1)
+}

@@ -2,13 +2,26 @@
 //! switch to STRICT: its next segment resets both ends, and the reset is recorded.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
-use lockmesh_tests::{Agent, netns};
+use lockmesh_tests::{Agent, Testbed, netns};
 
 use super::{common::*, refusal_record, until_strict};
+
+/// A plaintext connection from `pod` to the stream echo server at `to`, after one round trip.
+fn echoing(tb: &Testbed, pod: &str, to: SocketAddr) -> TcpStream {
+    let mut stream = netns::run_in(&tb.pod(pod).netns_path(), move || TcpStream::connect_timeout(&to, WAIT))
+        .unwrap()
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut echoed = [0u8; 5];
+    stream.write_all(b"hello").unwrap();
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"hello");
+    stream
+}
 
 #[test]
 fn a_plaintext_connection_open_across_the_switch_to_strict_is_closed() {
@@ -21,15 +34,7 @@ fn a_plaintext_connection_open_across_the_switch_to_strict_is_closed() {
     let to = addr(&tb, "details", 9000);
 
     // The outsider (out of the mesh) talks plaintext to details, as PERMISSIVE allows.
-    let mut stream =
-        netns::run_in(&tb.pod("outsider").netns_path(), move || TcpStream::connect_timeout(&to, WAIT))
-            .unwrap()
-            .unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut echoed = [0u8; 5];
-    stream.write_all(b"hello").unwrap();
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, b"hello");
+    let mut stream = echoing(&tb, "outsider", to);
 
     apply(&config, "peer-authentication.yaml", &namespace_policy("STRICT"));
     until_strict(&tb, "details", 9000);
@@ -83,14 +88,8 @@ fn a_connection_the_pod_opened_before_enrolment_survives_strict() {
     let _details = tb.serve("details", 9080).unwrap();
     let _echo = tb.stream_echo("outsider", 9000).unwrap();
     let to = addr(&tb, "outsider", 9000);
-    let mut stream =
-        netns::run_in(&tb.pod("details").netns_path(), move || TcpStream::connect_timeout(&to, WAIT))
-            .unwrap()
-            .unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut stream = echoing(&tb, "details", to);
     let mut echoed = [0u8; 5];
-    stream.write_all(b"hello").unwrap();
-    stream.read_exact(&mut echoed).unwrap();
 
     // details joins the mesh, STRICT on every port.
     apply(&config, "workloads.yaml", &all);

@@ -15,20 +15,9 @@ mod mark;
 mod probes;
 mod upgrade;
 
-use std::time::{Duration, Instant};
-
+use common::until;
 use lockmesh_tests::{Agent, Testbed};
 use serde_json::Value;
-
-/// Polls until `done` (each try makes real traffic); returns how long it took.
-fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
 
 /// Waits until plaintext connects from the out-of-mesh pod to `pod:port` are refused (STRICT
 /// applied: curl exit 7; any other failure may be the app's).

@@ -65,17 +65,9 @@ fn forward_node_port(tb: &Testbed) {
     .unwrap();
 }
 
-/// curl from node2's own network namespace (the kubelet's) to details:8081, from the node's
-/// address (the Workload's `probes[].from`).
+/// node2's kubelet probing details:8081.
 fn probe(tb: &Testbed) -> i32 {
-    let node = tb.node("node2");
-    let url = format!("http://{}:8081/", tb.pod("details").ip);
-    let out = netns::command_in(&node.netns_path(), "curl")
-        .unwrap()
-        .args(["-sS", "--max-time", "5", "--interface", &node.wire_ip.to_string(), &url])
-        .output()
-        .unwrap();
-    out.status.code().unwrap_or(-1)
+    curl_from_node(tb, "node2", &format!("http://{}:8081/", tb.pod("details").ip))
 }
 
 #[test]
